@@ -1,0 +1,43 @@
+"""Shared helpers of the benchmark scripts: config loading, dataset build, matmul peak, JSON output."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr_jax.data import tfds_builder
+
+
+def load_config(spec: str):
+    """``'sasrec:scientific'`` -> ``configs.sasrec.get_config('scientific')``."""
+    name, _, arg = spec.partition(":")
+    return importlib.import_module(f"configs.{name}").get_config(arg or None)
+
+
+def load_dataset(config, cache_dir: str = "runs/bench-data"):
+    """Builds (once) and loads the dataset of ``config.data`` through the TFDS ArrayRecord builder."""
+    return tfds_builder.load(tfds_builder.build(config.data, os.path.join(cache_dir, "tfds")))
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul throughput of this process's default device (GFLOP/s)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * size**3 / best / 1e9
+
+
+def emit(record: dict) -> None:
+    """Prints one JSON line (the benchmark's result)."""
+    print(json.dumps(record, default=float), flush=True)

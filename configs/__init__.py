@@ -1,0 +1,1 @@
+"""Experiment configs: one file per system, ``get_config(arg)`` -> ConfigDict."""

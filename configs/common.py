@@ -1,0 +1,87 @@
+"""Shared sub-configs. Every field is a knob a user may override from the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from gr_jax.data.synthetic import SyntheticConfig
+
+SCIENTIFIC_DIR = "../shared/data/scientific"
+
+
+def data_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.format = "synthetic"  # synthetic | lcrec | amazon
+    c.dir = ""  # raw files (lcrec/amazon); TFDS manual_dir
+    c.name = ""  # lcrec: NAME of NAME.inter.json; amazon: category file prefix
+    c.min_user_events = 3  # leave-one-out needs train + valid + test
+    c.min_core = 5  # amazon: k-core filtering
+    c.drop_unknown_items = False  # lcrec: drop (and count) events whose item is not in NAME.item.json
+    c.max_history = 20  # most recent events kept as history
+    c.tfds_dir = ""  # where the ArrayRecord dataset is built; '' = WORKDIR/data/tfds
+    c.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
+    return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.batch_size = 256  # global batch
+    c.num_epochs = 20
+    c.num_steps = 0  # > 0 overrides num_epochs
+    c.learning_rate = 1e-3
+    c.warmup_steps = 100
+    c.schedule = "cosine"  # cosine | linear | constant (after warmup)
+    c.weight_decay = 0.0
+    c.grad_clip_norm = 1.0
+    c.b1 = 0.9
+    c.b2 = 0.98
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1  # validation (and early stopping) cadence
+    c.early_stop_patience = 5  # evaluations without valid ndcg@10 improvement; 0 disables
+    c.checkpoint_keep = 2
+    return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.ks = (5, 10)
+    c.list_size = 20  # ranked list length; mrr is truncated here
+    c.batch_size = 256
+    c.splits = "valid,test"
+    return c
+
+
+def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
+    """Top-level config with data/train/eval sections; systems add ``model``."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.seed = 0
+    c.stages = stages  # comma-separated stage names, run in order
+    c.data = data_config()
+    c.train = train_config()
+    c.eval = eval_config()
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Shared data/budget changes of the ``tiny`` and ``scientific`` variants."""
+    if not arg:
+        return c
+    if arg == "tiny":
+        c.data.synthetic.num_users = 150
+        c.data.synthetic.num_items = 100
+        c.data.synthetic.branching = (3, 3, 2)
+        c.train.batch_size = 32
+        c.train.num_epochs = 1
+        c.train.warmup_steps = 2
+        c.train.log_every_steps = 5
+        c.eval.batch_size = 64
+    elif arg == "scientific":
+        c.data.format = "lcrec"
+        c.data.dir = SCIENTIFIC_DIR
+        c.data.name = "Scientific"
+    else:
+        raise ValueError(f"unknown config variant {arg!r}; expected one of: tiny, scientific")
+    return c

@@ -1,0 +1,15 @@
+"""Item-to-item co-occurrence baseline: transitions from the last few history items."""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("cooccurrence", stages="data,train,eval")
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cooccurrence"
+    c.model.window = 3  # newest history items that vote
+    c.model.horizon = 1  # count i -> j when j follows i within this many steps
+    c.model.decay = 0.5  # vote weight per step of age
+    return common.apply_variant(c, arg)

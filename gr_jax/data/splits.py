@@ -1,0 +1,63 @@
+"""Leave-one-out splits and vectorised batch assembly.
+
+For a user with n events: the last is the test target, the second-to-last the
+validation target, and every earlier position t >= 1 of the first n - 2 events is a
+training target with the events before it as history. Histories keep the most recent
+``max_history`` events and are left-padded, so the newest event is always last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gr_jax.data.dataset import Interactions
+
+SPLITS = ("train", "valid", "test")
+
+
+def example_index(lengths: np.ndarray, split: str) -> np.ndarray:
+    """``[num_examples, 2]`` int64 rows of (user, target position) for a split."""
+    lengths = np.asarray(lengths, np.int64)
+    if split == "train":
+        per_user = np.maximum(lengths - 3, 0)  # targets 1 .. n-3
+        users = np.repeat(np.arange(len(lengths)), per_user)
+        starts = np.concatenate([[0], np.cumsum(per_user)[:-1]])
+        positions = np.arange(per_user.sum()) - np.repeat(starts, per_user) + 1
+        return np.stack([users, positions], axis=1)
+    if split in ("valid", "test"):
+        users = np.flatnonzero(lengths >= 3)
+        return np.stack([users, lengths[users] - (2 if split == "valid" else 1)], axis=1)
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
+    """Gathers histories and targets for ``rows`` of (user, target position)."""
+    users, positions = rows[:, 0], rows[:, 1]
+    rel = positions[:, None] - max_history + np.arange(max_history)[None, :]  # [B, L] event positions
+    mask = rel >= 0
+    flat = interactions.offsets[users][:, None] + np.where(mask, rel, 0)
+    target_flat = interactions.offsets[users] + positions
+    batch = {
+        "user": users.astype(np.int32),
+        "history": np.where(mask, interactions.items[flat], 0).astype(np.int32),
+        "history_mask": mask,
+        "target": interactions.items[target_flat].astype(np.int32),
+    }
+    if interactions.actions is not None:
+        batch["history_actions"] = np.where(mask, interactions.actions[flat], 0).astype(np.int32)
+        batch["target_action"] = interactions.actions[target_flat].astype(np.int32)
+    return batch
+
+
+def train_event_mask(interactions: Interactions) -> np.ndarray:
+    """True for events in the training part (all but the last two events of each user)."""
+    keep = np.ones(len(interactions.items), bool)
+    ends = interactions.offsets[1:][interactions.lengths >= 3]
+    keep[ends - 1] = False
+    keep[ends - 2] = False
+    return keep
+
+
+def train_item_counts(interactions: Interactions, num_items: int) -> np.ndarray:
+    """Interaction count of each item over the training part."""
+    return np.bincount(interactions.items[train_event_mask(interactions)], minlength=num_items)

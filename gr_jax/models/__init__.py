@@ -1,0 +1,1 @@
+"""Recommendation models. ``registry.build(config, dataset)`` returns one by ``config.model.name``."""

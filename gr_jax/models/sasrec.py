@@ -1,0 +1,129 @@
+"""SASRec (Kang & McAuley, 2018): causal self-attention over item ids.
+
+The user representation is the output at the most recent history position; item scores
+are its dot products with the (tied) item embedding table. Losses: full-softmax
+cross-entropy (default), sampled softmax over uniform negatives, or BCE with one negative
+as in the original paper. The item table is the collaborative embedding later stages use.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+NEG_INF = -1e9
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm causal self-attention + GELU feed-forward, each with dropout and a residual."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, attention_mask, train: bool):
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        y = nn.LayerNorm()(x)
+        y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
+                                            deterministic=not train)(y, y, mask=attention_mask)
+        x = x + drop(y)
+        y = nn.LayerNorm()(x)
+        y = nn.Dense(self.mlp_dim)(y)
+        y = nn.Dense(x.shape[-1])(drop(nn.gelu(y)))
+        return x + drop(y)
+
+
+class SASRec(nn.Module):
+    """Sequence encoder; ``__call__`` returns per-position states ``[B, L, D]``."""
+
+    num_items: int
+    max_len: int
+    embed_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    mlp_dim: int = 256
+    dropout: float = 0.2
+
+    def setup(self):
+        self.item_embed = nn.Embed(self.num_items, self.embed_dim,
+                                   embedding_init=nn.initializers.normal(stddev=0.02))
+        self.pos_embed = nn.Embed(self.max_len, self.embed_dim, embedding_init=nn.initializers.normal(stddev=0.02))
+        self.blocks = [SelfAttentionBlock(self.num_heads, self.mlp_dim, self.dropout) for _ in range(self.num_blocks)]
+        self.input_dropout = nn.Dropout(self.dropout)
+        self.final_norm = nn.LayerNorm()
+
+    def __call__(self, history, history_mask, train: bool = False):
+        length = history.shape[1]
+        x = self.item_embed(history) * jnp.sqrt(self.embed_dim).astype(jnp.float32)
+        x = x + self.pos_embed(jnp.arange(length))[None]
+        x = self.input_dropout(x, deterministic=not train) * history_mask[..., None]
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        attention_mask = causal[None, None] & history_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attention_mask, train) * history_mask[..., None]
+        return self.final_norm(x)
+
+    def user_vector(self, history, history_mask, train: bool = False):
+        """State at the newest history position (histories are left-padded)."""
+        return self(history, history_mask, train)[:, -1]
+
+    def item_table(self):
+        return self.item_embed.embedding
+
+
+def build(model_config: ml_collections.ConfigDict, num_items: int, max_len: int) -> SASRec:
+    return SASRec(num_items=num_items, max_len=max_len, embed_dim=model_config.embed_dim,
+                  num_blocks=model_config.num_blocks, num_heads=model_config.num_heads,
+                  mlp_dim=model_config.mlp_dim, dropout=model_config.dropout)
+
+
+def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array,
+            kind: str, num_negatives: int) -> jax.Array:
+    """Mean next-item loss of user vectors ``[B, D]`` against the item table ``[N, D]``."""
+    if kind == "ce":
+        logits = user @ items.T
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[:, None], -1)[:, 0])
+    negatives = jax.random.randint(rng, (user.shape[0], num_negatives), 0, items.shape[0])
+    pos = jnp.sum(user * items[target], -1)
+    neg = jnp.einsum("bd,bkd->bk", user, items[negatives])
+    neg = jnp.where(negatives == target[:, None], NEG_INF, neg)  # a sampled positive is not a negative
+    if kind == "sampled_softmax":
+        logits = jnp.concatenate([pos[:, None], neg], -1)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - pos)
+    if kind == "bce":
+        neg_loss = jnp.where(negatives == target[:, None], 0.0, jax.nn.softplus(neg))
+        return jnp.mean(jax.nn.softplus(-pos) + neg_loss.sum(-1))
+    raise ValueError(f"model.loss={kind!r}; expected ce | sampled_softmax | bce")
+
+
+class SASRecRecommender:
+    """SASRec behind the trainer's model interface: ``init``, ``loss``, ``topk``."""
+
+    trainable = True
+
+    def __init__(self, model_config: ml_collections.ConfigDict, num_items: int, max_len: int):
+        self.module = build(model_config, num_items, max_len)
+        self.loss_kind = model_config.loss
+        self.num_negatives = model_config.num_negatives
+
+    def init(self, rng: jax.Array, batch: dict) -> dict:
+        return self.module.init(rng, batch["history"], batch["history_mask"])["params"]
+
+    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        dropout_rng, negative_rng = jax.random.split(rng)
+        user = self.module.apply({"params": params}, batch["history"], batch["history_mask"], True,
+                                 method=SASRec.user_vector, rngs={"dropout": dropout_rng})
+        items = params["item_embed"]["embedding"]
+        loss = loss_fn(user, items, batch["target"], negative_rng, self.loss_kind, self.num_negatives)
+        return loss, {}
+
+    def scores(self, params: dict, batch: dict) -> jax.Array:
+        user = self.module.apply({"params": params}, batch["history"], batch["history_mask"],
+                                 method=SASRec.user_vector)
+        return user @ params["item_embed"]["embedding"].T
+
+    def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
+        return jax.lax.top_k(self.scores(params, batch), k)[1]

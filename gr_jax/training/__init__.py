@@ -1,0 +1,1 @@
+"""Shared trainer: optimiser, train state, checkpoints, metric writers, the loop."""

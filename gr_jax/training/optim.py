@@ -1,0 +1,28 @@
+"""AdamW with linear warmup, cosine/linear/constant decay and global-norm clipping."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    after = {
+        "cosine": optax.cosine_decay_schedule(train.learning_rate, decay_steps),
+        "linear": optax.linear_schedule(train.learning_rate, 0.0, decay_steps),
+        "constant": optax.constant_schedule(train.learning_rate),
+    }
+    if train.schedule not in after:
+        raise ValueError(f"train.schedule={train.schedule!r}; expected one of {sorted(after)}")
+    warm = optax.linear_schedule(train.learning_rate / max(warmup, 1), train.learning_rate, max(warmup, 1))
+    return optax.join_schedules([warm, after[train.schedule]], [warmup])
+
+
+def make_optimizer(train: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(train.grad_clip_norm),
+        optax.adamw(learning_rate_schedule(train, total_steps), b1=train.b1, b2=train.b2,
+                    weight_decay=train.weight_decay),
+    )

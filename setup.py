@@ -1,0 +1,32 @@
+"""gr_jax: generative recommendation in JAX/Flax (PRISM, Pctx, TIGER, SASRec, user towers)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gr_jax",
+    version="0.1.0",
+    description="Generative recommendation in JAX/Flax: semantic-ID tokenizers, generative retrievers, "
+                "constrained beam search, from a laptop CPU to TPU pods.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gr_jax", "gr_jax.*", "configs"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "array-record>=0.7",
+        "tensorflow-datasets>=4.9.8",
+        "importlib_resources",  # TFDS needs it to locate builder code without TensorFlow
+        "scann>=1.4",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,178 @@
+"""Tests of the synthetic default dataset: sizes, determinism and recoverable structure."""
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from gr_jax.data.dataset import ACTIONS, validate
+from gr_jax.data.errors import DataError
+from gr_jax.data.synthetic import (EVENT_NOISE, EVENT_PREFERENCE, EVENT_SEQUENTIAL, SyntheticConfig, describe,
+                                   generate)
+
+
+@pytest.fixture(scope="module")
+def default():
+    start = time.perf_counter()
+    dataset, truth = generate(SyntheticConfig())
+    return dataset, truth, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def event_users(default):
+    dataset, _, _ = default
+    return np.repeat(np.arange(dataset.num_users), dataset.users.lengths)
+
+
+def test_sizes_and_bounds(default):
+    dataset, truth, seconds = default
+    config = SyntheticConfig()
+    assert seconds < 2.0
+    assert dataset.num_users == config.num_users and dataset.num_items == config.num_items
+    assert dataset.items.keys == [str(i) for i in range(config.num_items)]
+    assert dataset.users.user_keys[:2] == ["u0", "u1"]
+    lengths = dataset.users.lengths
+    assert lengths.min() >= 5 and lengths.max() <= config.max_length
+    assert 10 <= lengths.mean() <= 15
+    items = dataset.users.items
+    assert items.dtype == np.int32 and 0 <= items.min() and items.max() < config.num_items
+    assert dataset.users.actions.dtype == np.int8 and dataset.users.ratings is None
+    num_events = len(items)
+    for name in ("event_kind", "event_interest", "event_affinity"):
+        assert len(getattr(truth, name)) == num_events
+    assert truth.item_latents.shape == (config.num_items, config.latent_dim)
+    assert truth.successors.shape == (config.num_items, config.num_successors)
+    assert np.isclose(truth.popularity.sum(), 1.0, atol=1e-5)
+    assert validate(dataset, min_user_events=5).num_users == config.num_users
+
+
+def test_timestamps_increase_per_user(default, event_users):
+    dataset, _, _ = default
+    same_user = event_users[1:] == event_users[:-1]
+    assert np.all(np.diff(dataset.users.timestamps)[same_user] > 0)
+
+
+def test_category_tree_consistent(default):
+    dataset, truth, _ = default
+    assert truth.depth >= 3
+    nodes = truth.item_node_ids
+    for path, row in zip(dataset.items.categories, nodes):
+        assert path == tuple(truth.node_names[n] for n in row)
+    assert np.all(truth.node_parent[nodes[:, 1:]] == nodes[:, :-1])
+    assert np.all(truth.node_level[nodes] == np.arange(truth.depth))
+    assert len(set(truth.node_names)) == len(truth.node_names)
+    leaf_sizes = np.bincount(truth.item_category_ids[:, -1])
+    assert leaf_sizes.min() >= SyntheticConfig().min_leaf_items and leaf_sizes.max() >= 3 * leaf_sizes.min()
+
+
+def test_deeper_tree_is_configurable():
+    config = SyntheticConfig(num_users=50, num_items=300, branching=(2, 2, 3, 2), level_scales=(1.0, 0.6, 0.4, 0.3),
+                             interest_level_probs=(0.1, 0.3, 0.3, 0.3))
+    dataset, truth = generate(config)
+    assert truth.depth == 4 and {len(c) for c in dataset.items.categories} == {4}
+    assert truth.item_category_ids[:, -1].max() == 23
+
+
+def test_invalid_config_raises():
+    with pytest.raises(DataError):
+        generate(SyntheticConfig(level_scales=(1.0, 0.5)))
+    with pytest.raises(DataError):
+        generate(SyntheticConfig(num_items=100))
+
+
+def test_deterministic_for_a_seed():
+    small = SyntheticConfig(num_users=200, num_items=300)
+    (a, ta), (b, tb) = generate(small), generate(small)
+    c, _ = generate(dataclasses.replace(small, seed=1))
+    for x, y in ((a.items, b.items), (a.users, b.users), (ta, tb)):
+        _assert_fields_equal(x, y)
+    assert a.items.title != c.items.title
+    assert not np.array_equal(a.users.items[:100], c.users.items[:100])
+
+
+def _assert_fields_equal(x, y):
+    for field in dataclasses.fields(x):
+        u, v = getattr(x, field.name), getattr(y, field.name)
+        if isinstance(u, np.ndarray):
+            np.testing.assert_array_equal(u, v)
+        else:
+            assert u == v, field.name
+
+
+def test_action_mix(default):
+    dataset, truth, _ = default
+    actions = dataset.users.actions
+    assert set(np.unique(actions)) == set(range(len(ACTIONS)))
+    buy, skip = ACTIONS.index("buy"), ACTIONS.index("skip")
+    high = truth.event_affinity >= np.quantile(truth.event_affinity, 0.75)
+    noise = truth.event_kind == EVENT_NOISE
+    assert (actions[high] == buy).mean() > 2 * (actions[noise] == buy).mean()
+    assert (actions[noise] == skip).mean() > 2 * (actions[high] == skip).mean()
+
+
+def test_popularity_long_tail(default):
+    stats = describe(*default[:2])
+    assert stats["top10pct_item_share"] > 0.35
+    assert stats["bottom50pct_item_share"] < 0.25
+    assert abs(stats["event_kinds"]["noise"] - SyntheticConfig().p_noise) < 0.02
+
+
+def test_user_interests_concentrate(default, event_users):
+    dataset, truth, _ = default
+    num_interests = (truth.user_interests >= 0).sum(axis=1)
+    assert num_interests.min() == 1 and num_interests.max() == 4
+    assert np.allclose(truth.user_interest_weights.sum(axis=1), 1.0, atol=1e-5)
+    for row in truth.user_interests:
+        chosen = row[row >= 0]
+        assert len(set(chosen)) == len(chosen)
+    items = dataset.users.items[:, None]
+    inside = truth.in_subtree(truth.user_interests[event_users], items).any(axis=1)
+    shuffled = np.random.default_rng(0).permutation(dataset.num_users)
+    chance = truth.in_subtree(truth.user_interests[shuffled][event_users], items).any(axis=1)
+    assert inside.mean() > 3 * chance.mean()
+    preference = truth.event_kind == EVENT_PREFERENCE
+    assert truth.in_subtree(truth.event_interest[preference], dataset.users.items[preference]).mean() > 0.7
+    assert np.all(truth.event_interest[~preference] == -1)
+
+
+def test_sequential_structure(default, event_users):
+    dataset, truth, _ = default
+    items = dataset.users.items
+    same_user = event_users[1:] == event_users[:-1]
+    follows = (truth.successors[items[:-1]] == items[1:, None]).any(axis=1)[same_user]
+    chance = truth.successors.shape[1] / dataset.num_items
+    assert follows.mean() > 50 * chance
+    sequential = truth.event_kind[1:][same_user] == EVENT_SEQUENTIAL
+    assert follows[sequential].all()
+    assert np.all(truth.successors != np.arange(dataset.num_items)[:, None])
+    leaf_parent = truth.item_category_ids[:, -2]
+    assert np.all(leaf_parent[truth.successors] == leaf_parent[:, None])
+
+
+def test_latents_cluster_by_top_category(default):
+    _, truth, _ = default
+    z, top = truth.item_latents, truth.item_category_ids[:, 0]
+    distances = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    same = top[:, None] == top[None]
+    off_diagonal = ~np.eye(len(z), dtype=bool)
+    assert distances[same & off_diagonal].mean() < 0.7 * distances[~same].mean()
+
+
+def test_text(default):
+    dataset, truth, _ = default
+    items = dataset.items
+    assert all(t.strip() for t in items.title)
+    assert all(t.startswith(b) for t, b in zip(items.title, items.brand))
+    empty = np.mean([not d for d in items.description])
+    assert abs(empty - SyntheticConfig().empty_description_frac) < 0.005
+    top = truth.item_category_ids[:, 0]
+    brand_top = {}
+    for brand, t in zip(items.brand, top):
+        brand_top.setdefault(brand, []).append(t)
+    majority = np.mean([np.mean(np.array(v) == np.bincount(v).argmax()) for v in brand_top.values()])
+    assert 0.6 < majority < 1.0
+    leaf_words = [set(truth.node_topic_words[n]) for n in truth.item_node_ids[:, -1]]
+    for texts in (items.title, items.description):  # text hints at the leaf, but only partly
+        mentions = np.mean([bool(w & set(t.lower().rstrip(".").split())) for w, t in zip(leaf_words, texts) if t])
+        assert 0.4 < mentions < 0.95
