@@ -41,6 +41,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1  # validation (and early stopping) cadence
     c.early_stop_patience = 5  # evaluations without valid ndcg@10 improvement; 0 disables
     c.checkpoint_keep = 2
+    c.checkpoint_every_steps = 0  # extra 'latest' checkpoints between evaluations; 0 = at evaluations only
     return c
 
 
@@ -53,6 +54,21 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
+def mesh_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data = -1  # data-parallel axis size; -1 = all devices left after `model`
+    c.model = 1  # tensor-parallel axis size
+    return c
+
+
+def sharding_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # logical axis -> mesh axis ('' = replicated)
+    c.rules = (("batch", "data"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+               ("experts", "model"), ("embed", ""), ("kv", ""), ("seq", ""), ("codebook", ""))
+    return c
+
+
 def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
     """Top-level config with data/train/eval sections; systems add ``model``."""
     c = ml_collections.ConfigDict()
@@ -60,6 +76,8 @@ def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.stages = stages  # comma-separated stage names, run in order
     c.data = data_config()
+    c.mesh = mesh_config()
+    c.sharding = sharding_config()
     c.train = train_config()
     c.eval = eval_config()
     return c

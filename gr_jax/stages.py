@@ -74,6 +74,10 @@ def run_train(ctx: Context) -> None:
         result = trainer.train(ctx.config, os.path.join(ctx.workdir, "train"), model, interactions)
         ctx.params = result.params
         summary = {"model": ctx.config.model.name} | result.summary
+        if hasattr(model, "item_embeddings"):
+            path = os.path.join(ctx.workdir, "train", "item_embeddings.npy")
+            np.save(path, np.asarray(model.item_embeddings(ctx.params)))
+            summary["item_embeddings"] = path
     write_json(os.path.join(ctx.workdir, "train", "summary.json"), summary)
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from gr_jax.data.dataset import Interactions
-from gr_jax.data.splits import assemble_batch, example_index
+from gr_jax.data.splits import assemble_batch, example_index, same_target_partners
 
 
 def _process_shard() -> tuple[int, int]:
@@ -21,17 +21,31 @@ def _process_shard() -> tuple[int, int]:
 
 
 def train_dataset(interactions: Interactions, *, max_history: int, global_batch_size: int, seed: int,
-                  num_epochs: int | None = None, shard: tuple[int, int] | None = None) -> grain.MapDataset:
-    """Shuffled, repeated training batches for this process (``global_batch_size / process_count`` rows)."""
+                  num_epochs: int | None = None, shard: tuple[int, int] | None = None,
+                  with_partner: bool = False) -> grain.MapDataset:
+    """Shuffled, repeated training batches for this process (``global_batch_size / process_count`` rows).
+
+    ``with_partner`` adds ``partner_history``/``partner_history_mask``: the history of another
+    training example with the same target (DuoRec's supervised positive).
+    """
     index, count = shard or _process_shard()
     if global_batch_size % count:
         raise ValueError(f"train.batch_size={global_batch_size} must be divisible by the {count} processes")
     rows = example_index(interactions.lengths, "train")
     if not len(rows):
         raise ValueError("no training examples: every user needs at least 4 events for a training target")
-    ds = grain.MapDataset.source(rows).shuffle(seed=seed)[index::count].repeat(num_epochs)
+    partners = same_target_partners(interactions, rows, seed) if with_partner else None
+
+    def assemble(example_ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch = assemble_batch(interactions, rows[example_ids], max_history)
+        if partners is not None:
+            partner = assemble_batch(interactions, rows[partners[example_ids]], max_history)
+            batch |= {"partner_history": partner["history"], "partner_history_mask": partner["history_mask"]}
+        return batch
+
+    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=seed)[index::count].repeat(num_epochs)
     ds = ds.batch(global_batch_size // count, drop_remainder=True)
-    return ds.map(lambda r: assemble_batch(interactions, np.asarray(r), max_history))
+    return ds.map(lambda ids: assemble(np.asarray(ids)))
 
 
 def eval_dataset(interactions: Interactions, split: str, *, max_history: int, batch_size: int,

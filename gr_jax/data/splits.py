@@ -30,6 +30,25 @@ def example_index(lengths: np.ndarray, split: str) -> np.ndarray:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
+def same_target_partners(interactions: Interactions, rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each example row, another row with the same target item (itself when the target is unique).
+
+    The supervised positive of DuoRec: partners are a seeded random cycle within each target group.
+    """
+    targets = interactions.items[interactions.offsets[rows[:, 0]] + rows[:, 1]]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    order = order[np.argsort(targets[order], kind="stable")]  # grouped by target, random within group
+    sorted_targets = targets[order]
+    starts = np.flatnonzero(np.r_[True, sorted_targets[1:] != sorted_targets[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    group_start = np.repeat(starts, sizes)
+    offset_in_group = np.arange(len(order)) - group_start
+    nxt = group_start + (offset_in_group + 1) % np.repeat(sizes, sizes)
+    partners = np.empty(len(rows), np.int64)
+    partners[order] = order[nxt]
+    return partners
+
+
 def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
     """Gathers histories and targets for ``rows`` of (user, target position)."""
     users, positions = rows[:, 0], rows[:, 1]

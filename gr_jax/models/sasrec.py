@@ -1,9 +1,13 @@
-"""SASRec (Kang & McAuley, 2018): causal self-attention over item ids.
+"""SASRec (Kang & McAuley, 2018) and DuoRec (Qiu et al., 2022): causal self-attention over item ids.
 
 The user representation is the output at the most recent history position; item scores
 are its dot products with the (tied) item embedding table. Losses: full-softmax
 cross-entropy (default), sampled softmax over uniform negatives, or BCE with one negative
-as in the original paper. The item table is the collaborative embedding later stages use.
+as in the original paper. DuoRec adds a contrastive term between two views of a sequence:
+another dropout pass (``unsupervised``) or a different training sequence with the same
+target (``supervised``, DuoRec's default), with same-target examples removed from the
+negatives. The item table is the collaborative embedding later stages use; the user
+vector is the context vector (Pctx).
 """
 
 from __future__ import annotations
@@ -99,6 +103,23 @@ def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array
     raise ValueError(f"model.loss={kind!r}; expected ce | sampled_softmax | bce")
 
 
+CONTRASTIVE_MODES = ("none", "unsupervised", "supervised")
+
+
+def contrastive_loss(a: jax.Array, b: jax.Array, targets: jax.Array, temperature: float) -> jax.Array:
+    """InfoNCE over 2B views: row i of ``a`` and of ``b`` are positives of each other; every other
+    view is a negative unless it has the same target (a false negative, masked out)."""
+    z = jnp.concatenate([a, b]) / temperature ** 0.5
+    t = jnp.concatenate([targets, targets])
+    n = a.shape[0]
+    logits = z @ z.T
+    index = jnp.arange(2 * n)
+    positive = (index + n) % (2 * n)
+    excluded = (t[:, None] == t[None, :]) & (index[None, :] != positive[:, None])  # self and false negatives
+    logits = jnp.where(excluded, NEG_INF, logits)
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[index, positive])
+
+
 class SASRecRecommender:
     """SASRec behind the trainer's model interface: ``init``, ``loss``, ``topk``."""
 
@@ -108,22 +129,43 @@ class SASRecRecommender:
         self.module = build(model_config, num_items, max_len)
         self.loss_kind = model_config.loss
         self.num_negatives = model_config.num_negatives
+        self.contrastive = model_config.contrastive
+        self.contrastive_weight = model_config.contrastive_weight
+        self.contrastive_temperature = model_config.contrastive_temperature
+        if self.contrastive not in CONTRASTIVE_MODES:
+            raise ValueError(f"model.contrastive={self.contrastive!r}; expected one of {CONTRASTIVE_MODES}")
+        self.needs_partner = self.contrastive == "supervised"
 
     def init(self, rng: jax.Array, batch: dict) -> dict:
         return self.module.init(rng, batch["history"], batch["history_mask"])["params"]
 
+    def _user(self, params: dict, history, mask, rng: jax.Array) -> jax.Array:
+        return self.module.apply({"params": params}, history, mask, True, method=SASRec.user_vector,
+                                 rngs={"dropout": rng})
+
     def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
-        dropout_rng, negative_rng = jax.random.split(rng)
-        user = self.module.apply({"params": params}, batch["history"], batch["history_mask"], True,
-                                 method=SASRec.user_vector, rngs={"dropout": dropout_rng})
+        dropout_rng, negative_rng, view_rng = jax.random.split(rng, 3)
+        user = self._user(params, batch["history"], batch["history_mask"], dropout_rng)
         items = params["item_embed"]["embedding"]
-        loss = loss_fn(user, items, batch["target"], negative_rng, self.loss_kind, self.num_negatives)
-        return loss, {}
+        rec_loss = loss_fn(user, items, batch["target"], negative_rng, self.loss_kind, self.num_negatives)
+        if self.contrastive == "none":
+            return rec_loss, {}
+        view = self._user(params, batch["history"], batch["history_mask"], view_rng)
+        if self.contrastive == "supervised":
+            other = self._user(params, batch["partner_history"], batch["partner_history_mask"], dropout_rng)
+        else:
+            other = user
+        cl_loss = contrastive_loss(view, other, batch["target"], self.contrastive_temperature)
+        return rec_loss + self.contrastive_weight * cl_loss, {"rec_loss": rec_loss, "contrastive_loss": cl_loss}
 
     def scores(self, params: dict, batch: dict) -> jax.Array:
         user = self.module.apply({"params": params}, batch["history"], batch["history_mask"],
                                  method=SASRec.user_vector)
         return user @ params["item_embed"]["embedding"].T
+
+    def item_embeddings(self, params: dict) -> jax.Array:
+        """The item table ``[num_items, D]``: the collaborative item embedding."""
+        return params["item_embed"]["embedding"]
 
     def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
         return jax.lax.top_k(self.scores(params, batch), k)[1]

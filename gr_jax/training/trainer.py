@@ -1,9 +1,16 @@
-"""The shared training loop: jitted steps with donated state, periodic validation,
-best/latest Orbax checkpoints (resume by default), early stopping, metric writers,
-a progress line with throughput and ETA, and a hard stop on non-finite loss/grads."""
+"""The shared training loop.
+
+Runs inside a ``(data, model)`` device mesh with logical-axis sharding rules: the train
+state is created directly in its sharding, the step is one jitted function with donated
+state, batches are split along ``data``. Around it: periodic validation, best/latest
+Orbax checkpoints with the Grain iterator state (resume is the default), early stopping,
+TensorBoard + JSONL metrics, a progress line with throughput and ETA, and a hard stop on
+non-finite loss or gradients.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -11,6 +18,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,6 +28,7 @@ import optax
 from gr_jax.data.dataset import Interactions
 from gr_jax.data.pipeline import num_train_examples, train_dataset
 from gr_jax.evaluation.evaluator import evaluate_split
+from gr_jax.training import sharding
 from gr_jax.training.checkpoint import Checkpoints
 from gr_jax.training.metric_writer import MetricWriter
 from gr_jax.training.optim import learning_rate_schedule, make_optimizer
@@ -39,10 +48,6 @@ class NonFiniteError(FloatingPointError):
     """Loss or gradients became NaN/Inf."""
 
 
-def _device_batch(batch: dict) -> dict:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
-
-
 def make_train_step(model, optimizer: optax.GradientTransformation):
     """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag."""
 
@@ -56,7 +61,43 @@ def make_train_step(model, optimizer: optax.GradientTransformation):
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite} | aux
 
-    return jax.jit(step, donate_argnums=0)
+    return step
+
+
+@contextlib.contextmanager
+def mesh_context(config: ml_collections.ConfigDict):
+    """The config's device mesh with its logical axis rules active."""
+    mesh = sharding.make_mesh(config.mesh)
+    with mesh, nn.logical_axis_rules(sharding.logical_rules(config)):
+        yield mesh
+
+
+def create_state(model, optimizer, config, mesh, example: dict, seed: int):
+    """A train state created directly in its mesh sharding; returns (state, state_shardings)."""
+    rules = sharding.logical_rules(config)
+
+    def create(rng, batch):
+        init_rng, state_rng = jax.random.split(rng)
+        params = model.init(init_rng, batch)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                          rng=state_rng)
+
+    rng = jax.random.PRNGKey(seed)
+    shardings = sharding.state_shardings(jax.eval_shape(create, rng, example), mesh, rules)
+    state = jax.jit(lambda r, b: nn.meta.unbox(create(r, b)), out_shardings=shardings)(rng, example)
+    return state, shardings
+
+
+def jit_train_step(model, optimizer, mesh, state_shardings):
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(make_train_step(model, optimizer), donate_argnums=0,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated))
+
+
+def jit_topk(model, mesh, params_shardings, k: int):
+    """``(params, batch) -> [B, k]`` top-k items with the batch split along ``data``."""
+    return jax.jit(lambda p, b: model.topk(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
 
 
 def total_train_steps(train: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -74,6 +115,40 @@ class TrainResult:
     summary: dict
 
 
+class _Progress:
+    """Collects per-step metrics on device; every ``log_every`` steps syncs, checks finiteness, logs."""
+
+    def __init__(self, writer: MetricWriter, schedule, total_steps: int, batch_size: int, start_step: int):
+        self.writer, self.schedule, self.total, self.batch_size = writer, schedule, total_steps, batch_size
+        self.pending: list[dict] = []
+        self.tic, self.tic_step = time.time(), start_step
+
+    def add(self, metrics: dict) -> None:
+        self.pending.append(metrics)
+
+    def flush(self, step: int) -> None:
+        host, self.pending = jax.device_get(self.pending), []
+        if not host:
+            return
+        if not all(bool(m["finite"]) for m in host):
+            raise NonFiniteError(f"non-finite loss or gradient norm by step {step} (last loss "
+                                 f"{float(host[-1]['loss'])}, grad norm {float(host[-1]['grad_norm'])}); "
+                                 f"lower train.learning_rate, raise train.warmup_steps or check the inputs")
+        rate = (step - self.tic_step) / max(time.time() - self.tic, 1e-9)
+        scalars = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[-1] if k != "finite"}
+        scalars |= {"train/learning_rate": float(self.schedule(step)), "train/steps_per_s": rate,
+                    "train/examples_per_s": rate * self.batch_size}
+        self.writer.write(step, scalars)
+        logging.info("step %d/%d (%.0f%%) loss %.4f | %.1f steps/s %.0f ex/s | ETA %s", step, self.total,
+                     100 * step / self.total, scalars["train/loss"], rate, scalars["train/examples_per_s"],
+                     _format_eta((self.total - step) / max(rate, 1e-9)))
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        """Starts a new throughput window (evaluation time is not training throughput)."""
+        self.tic, self.tic_step = time.time(), step
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: Interactions) -> TrainResult:
     """Trains ``model`` on the training split; returns the params with the best validation NDCG@10."""
     train_cfg = config.train
@@ -84,78 +159,63 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
     total_steps = total_train_steps(train_cfg, steps_per_epoch)
     eval_every = max(1, int(train_cfg.eval_every_epochs * steps_per_epoch))
     data = train_dataset(interactions, max_history=config.data.max_history,
-                         global_batch_size=train_cfg.batch_size, seed=config.seed)
+                         global_batch_size=train_cfg.batch_size, seed=config.seed,
+                         with_partner=getattr(model, "needs_partner", False))
     iterator = iter(data.to_iter_dataset())
-
     optimizer = make_optimizer(train_cfg, total_steps)
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    example = _device_batch(data[0])
-    params = model.init(init_rng, example)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng)
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
-    loop = {"best": -1.0, "bad_evals": 0, "best_step": 0}
-    restored = checkpoints.restore_latest(jax.tree_util.tree_map(lambda x: x, state))
-    if restored is not None:
-        state, saved = restored
-        iterator.set_state(saved["iterator"])
-        loop = saved["loop"]
-        logging.info("Resumed from step %d (best valid %s %.4f).", int(state.step), SELECT_METRIC, loop["best"])
-
-    train_step = make_train_step(model, optimizer)
-    topk = jax.jit(model.topk, static_argnums=2)
-    schedule = learning_rate_schedule(train_cfg, total_steps)
     writer = MetricWriter(workdir)
-    logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps.",
-                 config.model.name, num_params, total_steps, steps_per_epoch, train_cfg.batch_size, eval_every)
-
-    start_step = int(state.step)
-    tic, tic_step, train_start = time.time(), start_step, time.time()
-    stopped_early = False
-    pending: list[dict] = []
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_step(state, _device_batch(next(iterator)))
-        pending.append(metrics)
-        if step % train_cfg.log_every_steps == 0 or step == total_steps or step % eval_every == 0:
-            host = jax.device_get(pending)
-            pending = []
-            if not all(bool(m["finite"]) for m in host):
-                raise NonFiniteError(f"non-finite loss or gradient norm by step {step} "
-                                     f"(last loss {float(host[-1]['loss'])}, grad norm "
-                                     f"{float(host[-1]['grad_norm'])}); lower train.learning_rate or check inputs")
-            elapsed = time.time() - tic
-            rate = (step - tic_step) / max(elapsed, 1e-9)
-            scalars = {"train/loss": float(np.mean([m["loss"] for m in host])),
-                       "train/grad_norm": float(host[-1]["grad_norm"]),
-                       "train/learning_rate": float(schedule(step)),
-                       "train/steps_per_s": rate, "train/examples_per_s": rate * train_cfg.batch_size}
-            writer.write(step, scalars)
-            logging.info("step %d/%d (%.0f%%) loss %.4f | %.1f steps/s %.0f ex/s | ETA %s", step, total_steps,
-                         100 * step / total_steps, scalars["train/loss"], rate, scalars["train/examples_per_s"],
-                         _format_eta((total_steps - step) / max(rate, 1e-9)))
-            tic, tic_step = time.time(), step
-        if step % eval_every == 0 or step == total_steps:
-            valid = evaluate_split(lambda b: topk(state.params, _device_batch(b), config.eval.list_size),
-                                   interactions, "valid", config.data, config.eval)
-            writer.write(step, {f"valid/{k}": v for k, v in valid.items() if k != "num_users"})
-            improved = valid[SELECT_METRIC] > loop["best"]
-            if improved:
-                loop.update(best=valid[SELECT_METRIC], bad_evals=0, best_step=step)
-                checkpoints.save_best(step, state.params, valid)
-            else:
-                loop["bad_evals"] += 1
-            checkpoints.save_latest(step, state, {"iterator": iterator.get_state(), "loop": loop})
-            logging.info("step %d valid %s %.4f (best %.4f at step %d)", step, SELECT_METRIC,
-                         valid[SELECT_METRIC], loop["best"], loop["best_step"])
-            tic = time.time()  # evaluation time is not training throughput
-            if train_cfg.early_stop_patience and loop["bad_evals"] >= train_cfg.early_stop_patience:
-                logging.info("Early stop: no valid %s improvement in %d evaluations.", SELECT_METRIC,
-                             loop["bad_evals"])
-                stopped_early = True
-                break
-    checkpoints.wait()
-    best_params = checkpoints.restore_best(state.params)
+    with mesh_context(config) as mesh:
+        state, shardings = create_state(model, optimizer, config, mesh, sharding.shard_batch(data[0], mesh),
+                                        config.seed)
+        num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+        loop = {"best": -1.0, "bad_evals": 0, "best_step": 0}
+        restored = checkpoints.restore_latest(state)
+        if restored is not None:
+            state, saved = restored
+            iterator.set_state(saved["iterator"])
+            loop = saved["loop"]
+            logging.info("Resumed from step %d (best valid %s %.4f).", int(state.step), SELECT_METRIC, loop["best"])
+        train_step = jit_train_step(model, optimizer, mesh, shardings)
+        topk = jit_topk(model, mesh, shardings.params, config.eval.list_size)
+        logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s.",
+                     config.model.name, num_params, total_steps, steps_per_epoch, train_cfg.batch_size,
+                     eval_every, dict(mesh.shape))
+        start_step = int(state.step)
+        progress = _Progress(writer, learning_rate_schedule(train_cfg, total_steps), total_steps,
+                             train_cfg.batch_size, start_step)
+        train_start = time.time()
+        stopped_early = bool(train_cfg.early_stop_patience) and loop["bad_evals"] >= train_cfg.early_stop_patience
+        step = start_step
+        while step < total_steps and not stopped_early:
+            step += 1
+            state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
+            progress.add(metrics)
+            evaluate_now = step % eval_every == 0 or step == total_steps
+            if step % train_cfg.log_every_steps == 0 or evaluate_now:
+                progress.flush(step)
+            if evaluate_now:
+                valid = evaluate_split(lambda b: np.asarray(topk(state.params, sharding.shard_batch(b, mesh))),
+                                       interactions, "valid", config.data, config.eval)
+                writer.write(step, {f"valid/{k}": v for k, v in valid.items() if k != "num_users"})
+                if valid[SELECT_METRIC] > loop["best"]:
+                    loop.update(best=valid[SELECT_METRIC], bad_evals=0, best_step=step)
+                    checkpoints.save_best(step, state.params, valid)
+                else:
+                    loop["bad_evals"] += 1
+                logging.info("step %d valid %s %.4f (best %.4f at step %d)", step, SELECT_METRIC,
+                             valid[SELECT_METRIC], loop["best"], loop["best_step"])
+                stopped_early = bool(train_cfg.early_stop_patience) and \
+                    loop["bad_evals"] >= train_cfg.early_stop_patience
+                if stopped_early:
+                    logging.info("Early stop: no valid %s improvement in %d evaluations.", SELECT_METRIC,
+                                 loop["bad_evals"])
+            if evaluate_now or (train_cfg.checkpoint_every_steps and step % train_cfg.checkpoint_every_steps == 0):
+                checkpoints.save_latest(step, state, {"iterator": iterator.get_state(), "loop": loop})
+            if evaluate_now:
+                progress.restart(step)
+        checkpoints.wait()
+        best_params = checkpoints.restore_best(state.params)
     checkpoints.close()
     writer.close()
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
@@ -169,7 +229,8 @@ def restore_best_params(workdir: str, model, interactions: Interactions, config:
     """Best params of a finished run in ``workdir`` (for an eval-only invocation)."""
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=config.train.batch_size, seed=config.seed)
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), _device_batch(data[0]))
+    example = {k: jnp.asarray(v) for k, v in data[0].items()}
+    abstract = jax.eval_shape(lambda r, b: nn.meta.unbox(model.init(r, b)), jax.random.PRNGKey(0), example)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC)
     params = checkpoints.restore_best(abstract)
     checkpoints.close()

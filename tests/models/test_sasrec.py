@@ -14,7 +14,8 @@ NUM_ITEMS, LENGTH = 30, 6
 
 def model_config(loss="ce"):
     return ml_collections.ConfigDict(dict(name="sasrec", embed_dim=16, num_blocks=2, num_heads=2, mlp_dim=32,
-                                          dropout=0.0, loss=loss, num_negatives=8))
+                                          dropout=0.0, loss=loss, num_negatives=8, contrastive="none",
+                                          contrastive_weight=0.1, contrastive_temperature=1.0))
 
 
 def batch(seed=0, size=4):
@@ -79,3 +80,32 @@ def test_topk_is_sorted_by_score():
     top = np.asarray(model.topk(params, b, 5))
     scores = np.asarray(model.scores(params, b))
     np.testing.assert_array_equal(top, np.argsort(-scores, axis=1, kind="stable")[:, :5])
+
+
+def test_contrastive_loss_prefers_aligned_views_and_masks_false_negatives():
+    from gr_jax.models.sasrec import contrastive_loss
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((6, 8)).astype(np.float32))
+    targets = jnp.arange(6)
+    aligned = contrastive_loss(a, a, targets, 1.0)
+    shuffled = contrastive_loss(a, a[::-1], targets, 1.0)
+    assert aligned < shuffled
+    # Two examples with one target: the other one is not a negative, so duplicating it changes nothing.
+    dup = jnp.concatenate([a[:5], a[:1]])
+    masked = contrastive_loss(dup, dup, jnp.array([0, 1, 2, 3, 4, 0]), 1.0)
+    unmasked = contrastive_loss(dup, dup, jnp.arange(6), 1.0)
+    assert masked < unmasked
+
+
+def test_duorec_supervised_loss_uses_partner_history():
+    config = model_config()
+    config.contrastive, config.contrastive_weight, config.contrastive_temperature = "supervised", 0.1, 1.0
+    model = SASRecRecommender(config, NUM_ITEMS, LENGTH)
+    assert model.needs_partner
+    b = batch()
+    b = dict(b, partner_history=b["history"][::-1], partner_history_mask=b["history_mask"][::-1])
+    params = model.init(jax.random.PRNGKey(0), b)
+    loss, aux = model.loss(params, b, jax.random.PRNGKey(1))
+    assert np.isfinite(loss) and aux["contrastive_loss"] > 0
+    np.testing.assert_allclose(loss, aux["rec_loss"] + 0.1 * aux["contrastive_loss"], rtol=1e-5)

@@ -1,0 +1,1 @@
+"""Constrained decoding: dense trie tables and jitted beam search."""

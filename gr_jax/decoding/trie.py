@@ -1,0 +1,67 @@
+"""Dense trie tables over a SID table, for constrained decoding on device.
+
+Level l has one row per distinct SID prefix of length l (level 0: the empty prefix).
+``children[l, p, c]`` is the id of prefix ``p`` extended by code ``c`` at level l + 1,
+or -1 when no item has that prefix; at the last level it is the id of the full SID
+("SID row"). ``sid_items[s]`` lists the items that share SID row ``s`` (-1 padded), so
+SIDs shared by several items (collisions) map back to all of them. Levels are stacked
+into one ``[L, max_prefixes, K]`` table so decoding can ``lax.scan`` over depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Trie:
+    children: np.ndarray  # int32 [L, max_prefixes, K]
+    sid_items: np.ndarray  # int32 [num_sids, max_items_per_sid], -1 padded
+    item_sid: np.ndarray  # int32 [num_items]: SID row of each item
+    prefix_counts: tuple[int, ...]  # distinct prefixes per level (level 0 = 1)
+
+    @property
+    def num_levels(self) -> int:
+        return self.children.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.children.shape[2]
+
+    def num_children(self) -> np.ndarray:
+        """``[L, max_prefixes]`` count of valid next codes per prefix (0 for padding rows)."""
+        return (self.children >= 0).sum(-1)
+
+
+def build_trie(codes: np.ndarray, codebook_size: int) -> Trie:
+    """Builds the tables from ``codes`` ``[num_items, L]`` with values in ``[0, codebook_size)``."""
+    codes = np.asarray(codes, np.int64)
+    if codes.ndim != 2 or not len(codes):
+        raise ValueError(f"codes must be a non-empty [num_items, L] array, got shape {codes.shape}")
+    if codes.min() < 0 or codes.max() >= codebook_size:
+        raise ValueError(f"codes must lie in [0, {codebook_size}); found {codes.min()}..{codes.max()}")
+    num_items, num_levels = codes.shape
+    parent = np.zeros(num_items, np.int64)  # prefix id of each item at the current level
+    tables, counts = [], [1]
+    for level in range(num_levels):
+        keys = parent * codebook_size + codes[:, level]
+        unique_keys, child = np.unique(keys, return_inverse=True)
+        table = np.full((counts[-1], codebook_size), -1, np.int64)
+        table[unique_keys // codebook_size, unique_keys % codebook_size] = np.arange(len(unique_keys))
+        tables.append(table)
+        counts.append(len(unique_keys))
+        parent = child.reshape(-1)
+    width = max(t.shape[0] for t in tables)
+    children = np.full((num_levels, width, codebook_size), -1, np.int32)
+    for level, table in enumerate(tables):
+        children[level, :len(table)] = table
+    num_sids = counts[-1]
+    order = np.argsort(parent, kind="stable")
+    per_sid = np.bincount(parent, minlength=num_sids)
+    sid_items = np.full((num_sids, per_sid.max()), -1, np.int32)
+    rank = np.arange(num_items) - np.repeat(np.cumsum(per_sid) - per_sid, per_sid)
+    sid_items[parent[order], rank] = order
+    return Trie(children=children, sid_items=sid_items, item_sid=parent.astype(np.int32),
+                prefix_counts=tuple(counts[:-1]))

@@ -1,0 +1,1 @@
+"""Reusable Flax building blocks, annotated with logical axis names for sharding."""

@@ -1,0 +1,189 @@
+"""T5-style encoder-decoder blocks with logical sharding names and a decode-step KV cache.
+
+Pre-RMSNorm residual blocks, bias-free projections, shared relative-position buckets
+(bidirectional in the encoder, causal in the decoder), ReLU feed-forward, dropout. The
+decoder runs either teacher-forced over all target positions or one step at a time with
+a fixed-size self-attention cache (``lax.scan`` friendly) and cross-attention into an
+encoder memory shared by all beams of a user.
+
+Logical axes: ``batch``, ``seq``, ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e9
+dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def relative_position_bucket(relative: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int):
+    """T5 bucketing of ``key_pos - query_pos``: exact for small distances, logarithmic beyond."""
+    bucket = jnp.zeros_like(relative)
+    n = -relative
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    exact = num_buckets // 2
+    is_small = n < exact
+    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / exact) / math.log(max_distance / exact)
+    large = jnp.minimum(exact + (log_ratio * (num_buckets - exact)).astype(jnp.int32), num_buckets - 1)
+    return bucket + jnp.where(is_small, n, large)
+
+
+class RelativeBias(nn.Module):
+    """Learned per-head bias from relative-position buckets, ``[1, heads, q, k]``."""
+
+    num_heads: int
+    bidirectional: bool
+    num_buckets: int = 32
+    max_distance: int = 128
+
+    @nn.compact
+    def __call__(self, query_pos: jax.Array, key_pos: jax.Array):
+        table = self.param("rel_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.1), ("heads", None)),
+                           (self.num_heads, self.num_buckets))
+        buckets = relative_position_bucket(key_pos[None, :] - query_pos[:, None], self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+        return jnp.take(table, buckets, axis=1)[None]
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps) * scale).astype(x.dtype)
+
+
+def _proj(features, axes, names, name):
+    return nn.DenseGeneral(features, axis=axes, use_bias=False, name=name,
+                           kernel_init=nn.with_logical_partitioning(dense_init, names))
+
+
+def attend(q, k, v, bias, mask):
+    """``softmax(q k^T / sqrt(d) + bias) v`` for q ``[B, Q, H, D]`` and k, v ``[B, S, H, D]``."""
+    logits = jnp.einsum("bqhd,bshd->bhqs", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    if bias is not None:
+        logits = logits + bias
+    logits = jnp.where(mask, logits, NEG_INF)
+    return jnp.einsum("bhqs,bshd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+class SelfAttention(nn.Module):
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    dropout: float
+
+    def setup(self):
+        self.qkv = _proj((3, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
+        self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.drop = nn.Dropout(self.dropout)
+
+    def _output(self, y, train):
+        return self.drop(self.out(y), deterministic=not train)
+
+    def __call__(self, x, bias, mask, train: bool):
+        q, k, v = jnp.moveaxis(self.qkv(x), 2, 0)
+        return self._output(attend(q, k, v, bias, mask), train)
+
+    def step(self, x, cache, position, bias):
+        """One decode step for x ``[B, W, d]``; cache (k, v) ``[B, W, T, H, D]`` is written at ``position``."""
+        q, k, v = jnp.moveaxis(self.qkv(x), 2, 0)  # [B, W, H, D]
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k[:, :, None], position, axis=2)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v[:, :, None], position, axis=2)
+        logits = jnp.einsum("bwhd,bwthd->bwht", q, k_cache) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        logits = logits + bias  # [1, H, 1, T] -> broadcast over (B, W)
+        valid = jnp.arange(k_cache.shape[2]) <= position
+        logits = jnp.where(valid, logits, NEG_INF)
+        y = jnp.einsum("bwht,bwthd->bwhd", jax.nn.softmax(logits, -1), v_cache)
+        return self._output(y, False), (k_cache, v_cache)
+
+
+class CrossAttention(nn.Module):
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    dropout: float
+
+    def setup(self):
+        self.q = _proj((self.num_heads, self.head_dim), -1, ("embed", "heads", "kv"), "q")
+        self.kv = _proj((2, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
+        self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.drop = nn.Dropout(self.dropout)
+
+    def memory(self, encoded):
+        """Keys and values of the encoder output, computed once per user."""
+        k, v = jnp.moveaxis(self.kv(encoded), 2, 0)
+        return k, v
+
+    def __call__(self, x, memory, memory_mask, train: bool):
+        k, v = memory
+        y = attend(self.q(x), k, v, None, memory_mask[:, None, None, :])
+        return self.drop(self.out(y), deterministic=not train)
+
+
+class FeedForward(nn.Module):
+    mlp_dim: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        h = _proj(self.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
+        h = nn.with_logical_constraint(nn.relu(h), ("batch", "seq", "mlp"))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        y = _proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
+        return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+class EncoderLayer(nn.Module):
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, bias, mask, train: bool):
+        x = x + SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)(RMSNorm()(x), bias, mask, train)
+        x = x + FeedForward(self.mlp_dim, self.dropout)(RMSNorm()(x), train)
+        return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+
+
+class DecoderLayer(nn.Module):
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout: float
+
+    def setup(self):
+        self.self_norm, self.cross_norm, self.mlp_norm = RMSNorm(), RMSNorm(), RMSNorm()
+        self.self_attention = SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)
+        self.cross_attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)
+        self.mlp = FeedForward(self.mlp_dim, self.dropout)
+
+    def memory(self, encoded):
+        return self.cross_attention.memory(encoded)
+
+    def __call__(self, x, bias, causal_mask, memory, memory_mask, train: bool):
+        x = x + self.self_attention(self.self_norm(x), bias, causal_mask, train)
+        x = x + self.cross_attention(self.cross_norm(x), memory, memory_mask, train)
+        x = x + self.mlp(self.mlp_norm(x), train)
+        return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+
+    def step(self, x, cache, position, bias, memory, memory_mask):
+        y, cache = self.self_attention.step(self.self_norm(x), cache, position, bias)
+        x = x + y
+        x = x + self.cross_attention(self.cross_norm(x), memory, memory_mask, False)
+        return x + self.mlp(self.mlp_norm(x), False), cache

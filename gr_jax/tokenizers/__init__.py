@@ -1,0 +1,1 @@
+"""Semantic-ID tokenizers (residual k-means, RQ-VAE) and the shared SID tooling: health, collisions, tables."""

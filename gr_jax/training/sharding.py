@@ -1,0 +1,47 @@
+"""Device mesh and logical-axis sharding rules.
+
+Parameters and large activations carry logical axis names (``batch``, ``seq``, ``embed``,
+``mlp``, ``heads``, ``kv``, ``vocab``, ...); one rules table from the config maps them
+onto the mesh axes ``data`` and ``model``. The same code runs on one CPU device, a
+simulated 8-device mesh, a GPU host or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "model")
+
+
+def make_mesh(mesh: ml_collections.ConfigDict) -> Mesh:
+    """A ``(data, model)`` mesh over all devices; ``mesh.data = -1`` takes what ``mesh.model`` leaves."""
+    devices = jax.devices()
+    model = mesh.model
+    data = mesh.data if mesh.data > 0 else len(devices) // model
+    if data * model != len(devices):
+        raise ValueError(f"mesh.data={mesh.data} x mesh.model={mesh.model} does not match the "
+                         f"{len(devices)} available devices")
+    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, str | None], ...]:
+    return tuple((name, axis or None) for name, axis in config.sharding.rules)
+
+
+def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
+    """NamedShardings of a state whose params were initialised with logical partitioning boxes."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed_state), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global batch -> global arrays split along ``data``."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
