@@ -43,7 +43,9 @@ def train_dataset(interactions: Interactions, *, max_history: int, global_batch_
             batch |= {"partner_history": partner["history"], "partner_history_mask": partner["history_mask"]}
         return batch
 
-    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=seed)[index::count].repeat(num_epochs)
+    # Grain reshuffles epoch e with seed + e, so neighbouring user seeds are decorrelated first.
+    shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed)[index::count].repeat(num_epochs)
     ds = ds.batch(global_batch_size // count, drop_remainder=True)
     return ds.map(lambda ids: assemble(np.asarray(ids)))
 

@@ -34,8 +34,9 @@ class GrDatasetConfig(tfds.core.BuilderConfig):
 class GrDataset(tfds.core.GeneratorBasedBuilder):
     """Canonical gr_jax dataset (items + per-user sequences) from any supported source."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Items and chronological user sequences with actions/ratings/timestamps."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Items and chronological user sequences with actions/ratings/timestamps.",
+                     "1.1.0": "Records keep their id order (record index = internal item/user id)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the raw files in data.dir: NAME.inter.json + NAME.item.json (LC-Rec format) or the "
         "Amazon 2018 review + meta_ files (see README 'Data')."
@@ -46,6 +47,7 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="gr_jax canonical dataset: item table and users' chronological events.",
+            disable_shuffling=True,  # the record index is the internal id sequences refer to
             features=tfds.features.FeaturesDict({
                 # One schema for both splits; fields of the other split are left empty.
                 "key": tfds.features.Text(),
@@ -137,4 +139,5 @@ def load(builder: GrDataset) -> Dataset:
                                     [np.asarray(r["items"]) for r in user_records], **per_event)
     report_path = os.path.join(builder.data_dir, "report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) else {}
-    return Dataset(name=builder.builder_config.name, items=items, users=users, report=report)
+    data = builder.builder_config.data
+    return Dataset(name=data.name or data.format, items=items, users=users, report=report)

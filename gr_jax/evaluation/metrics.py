@@ -26,7 +26,7 @@ def per_user_metrics(ranks: np.ndarray, ks: Sequence[int], list_size: int) -> di
     found = ranks < list_size
     out = {}
     for k in ks:
-        hit = ranks < k
+        hit = found & (ranks < k)
         out[f"recall@{k}"] = hit.astype(np.float64)
         out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
     out["mrr"] = np.where(found, 1.0 / (ranks + 1.0), 0.0)

@@ -1,5 +1,6 @@
 """K-means in JAX: seeded k-means++ init, jitted Lloyd iterations, balanced and spherical modes.
 
+* Seeding is greedy k-means++ (see ``_kmeans_pp``), deterministic for a given ``seed``.
 * Lloyd iterations run in one jitted ``lax.while_loop`` that stops early once assignments stop
   changing; a final assignment step makes the returned assignment match the returned centroids.
 * Empty clusters are re-seeded, after each update, to the points farthest from their assigned
@@ -20,6 +21,7 @@ The distance matrix is materialized (``N × K`` floats).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,22 +44,25 @@ def squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
 
 
 def _kmeans_pp(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
-    """k-means++ seeding: each next centroid is a point drawn with probability ∝ squared distance.
+    """Greedy k-means++ seeding.
 
-    Draws use inverse-CDF sampling from one vector of ``k`` uniforms (cheap to compile).
+    Each step draws ``2 + floor(ln k)`` candidate points with probability ∝ squared distance to the
+    chosen centroids (inverse-CDF sampling from one block of uniforms) and keeps the candidate that
+    lowers the total squared distance most.
     """
     n = x.shape[0]
-    uniforms = jax.random.uniform(key, (k,))
-    first = x[jnp.minimum((uniforms[0] * n).astype(jnp.int32), n - 1)]
+    uniforms = jax.random.uniform(key, (k, 2 + int(math.log(k))))
+    first = x[jnp.minimum((uniforms[0, 0] * n).astype(jnp.int32), n - 1)]
     centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
     dist = jnp.sum((x - first) ** 2, axis=1)
 
     def body(i, state):
         centroids, dist = state
         cdf = jnp.cumsum(dist)
-        index = jnp.minimum(jnp.searchsorted(cdf, uniforms[i] * cdf[-1], side="right"), n - 1)
-        chosen = x[index]
-        return centroids.at[i].set(chosen), jnp.minimum(dist, jnp.sum((x - chosen) ** 2, axis=1))
+        candidates = jnp.minimum(jnp.searchsorted(cdf, uniforms[i] * cdf[-1], side="right"), n - 1)
+        new_dist = jnp.minimum(dist, squared_distances(x, x[candidates]).T)
+        best = jnp.argmin(jnp.sum(new_dist, axis=1))
+        return centroids.at[i].set(x[candidates[best]]), new_dist[best]
 
     return lax.fori_loop(1, k, body, (centroids, dist))[0]
 

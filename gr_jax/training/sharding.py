@@ -18,14 +18,16 @@ MESH_AXES = ("data", "model")
 
 
 def make_mesh(mesh: ml_collections.ConfigDict) -> Mesh:
-    """A ``(data, model)`` mesh over all devices; ``mesh.data = -1`` takes what ``mesh.model`` leaves."""
+    """A ``(data, model)`` mesh; ``mesh.data = -1`` takes every device that ``mesh.model`` leaves,
+    explicit sizes use the first ``data * model`` devices."""
     devices = jax.devices()
     model = mesh.model
     data = mesh.data if mesh.data > 0 else len(devices) // model
-    if data * model != len(devices):
-        raise ValueError(f"mesh.data={mesh.data} x mesh.model={mesh.model} does not match the "
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise ValueError(f"mesh.data={mesh.data} x mesh.model={mesh.model} does not fit the "
                          f"{len(devices)} available devices")
-    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2,
+                         devices=devices[:data * model])
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, str | None], ...]:

@@ -1,0 +1,133 @@
+"""Shared trainer: same losses on 1 and 8 devices, resume after a kill, non-finite stop, early stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import sasrec
+from gr_jax.data.pipeline import train_dataset
+from gr_jax.data.synthetic import SyntheticConfig, generate
+from gr_jax.models.tiger import TigerRecommender
+from gr_jax.training import sharding, trainer
+from gr_jax.training.optim import make_optimizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiger_losses(mesh_shape, steps=20):
+    dataset, _ = generate(SyntheticConfig(num_users=150, num_items=100, branching=(3, 3, 2)))
+    codes = np.random.default_rng(0).integers(0, 16, (dataset.num_items, 4))
+    model_cfg = ml_collections.ConfigDict(dict(num_user_buckets=50, embed_dim=32, num_encoder_layers=2,
+                                               num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
+                                               dropout=0.1, item_level_history=False, beam_size=4))
+    model = TigerRecommender(model_cfg, codes, 16)
+    config = sasrec.get_config("tiny")
+    config.mesh.data, config.mesh.model = mesh_shape
+    optimizer = make_optimizer(config.train, steps)
+    data = train_dataset(dataset.users, max_history=8, global_batch_size=32, seed=0)
+    losses = []
+    with trainer.mesh_context(config) as mesh:
+        state, shardings = trainer.create_state(model, optimizer, config, mesh,
+                                                sharding.shard_batch(data[0], mesh), seed=0)
+        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
+        for i in range(steps):
+            state, metrics = step(state, sharding.shard_batch(data[i], mesh))
+            losses.append(float(metrics["loss"]))
+        kernel = state.params["decoder_layers_0"]["mlp"]["wi"]["kernel"]
+    return np.array(losses), kernel.sharding
+
+
+def test_one_device_and_eight_device_mesh_give_the_same_losses():
+    single, _ = tiger_losses((1, 1))
+    sharded, kernel_sharding = tiger_losses((4, 2))
+    assert kernel_sharding.spec == jax.sharding.PartitionSpec(None, "model")  # mlp axis split over `model`
+    assert single[-1] < single[0]
+    np.testing.assert_allclose(sharded, single, rtol=1e-4)
+
+
+def _cli(workdir, *extra):
+    return [sys.executable, "-m", "gr_jax.main", "--config=configs/sasrec.py:tiny", f"--workdir={workdir}",
+            "--config.train.num_steps=600", "--config.train.log_every_steps=1",
+            "--config.train.checkpoint_every_steps=100", "--config.train.eval_every_epochs=100",
+            "--config.mesh.data=1", *extra]
+
+
+def _losses(workdir):
+    out = {}
+    for line in open(os.path.join(workdir, "train", "metrics.jsonl")):
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out
+
+
+def test_killed_run_resumes_from_the_last_checkpoint_with_the_same_batches(tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    env = dict(os.environ, XLA_FLAGS="")
+    subprocess.run(_cli(reference), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(_cli(resumed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    latest = resumed / "train" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.isdigit() for p in latest.glob("*")) and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(int(p.name) for p in latest.glob("*") if p.name.isdigit())
+    assert killed_at < 600, "the run finished before it could be killed"
+    subprocess.run(_cli(resumed), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    want, got = _losses(reference), _losses(resumed)
+    after = [s for s in range(killed_at + 1, 601)]
+    np.testing.assert_allclose([got[s] for s in after], [want[s] for s in after], rtol=1e-5)
+    assert json.load(open(resumed / "train" / "summary.json"))["final_step"] == 600
+
+
+class _NanAfter:
+    """Wraps a model so its loss turns NaN after a number of steps."""
+
+    trainable = True
+
+    def __init__(self, model, after):
+        self.model, self.after = model, after
+
+    def init(self, rng, batch):
+        return self.model.init(rng, batch)
+
+    def loss(self, params, batch, rng):
+        loss, aux = self.model.loss(params, batch, rng)
+        poison = jax.numpy.where(jax.random.uniform(rng) < 2.0, jax.numpy.nan, 0.0)  # always NaN
+        return loss + poison, aux
+
+    def topk(self, params, batch, k):
+        return self.model.topk(params, batch, k)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
+    from gr_jax import stages
+
+    config = sasrec.get_config("tiny")
+    ctx = stages.Context(config=config, workdir=str(tmp_path))
+    stages.run_data(ctx)
+    model = _NanAfter(stages._model(ctx), after=0)
+    with pytest.raises(trainer.NonFiniteError, match="learning_rate"):
+        trainer.train(config, str(tmp_path / "train"), model, ctx.dataset.users)
+
+
+def test_early_stopping_ends_training_when_validation_stalls(tmp_path):
+    from gr_jax import stages
+
+    config = sasrec.get_config("tiny")
+    config.train.num_epochs = 50
+    config.train.learning_rate = 0.0  # nothing improves after the first evaluation
+    config.train.early_stop_patience = 2
+    stages.run(config, str(tmp_path))
+    summary = json.load(open(tmp_path / "train" / "summary.json"))
+    assert summary["stopped_early"] and summary["final_step"] == 3 * summary["steps_per_epoch"]
