@@ -26,6 +26,8 @@ class Context:
     config: ml_collections.ConfigDict
     workdir: str
     dataset: Dataset | None = None
+    features: Any = None  # gr_jax.features.Features
+    sid_table: Any = None  # gr_jax.tokenizers.sid_table.SIDTable
     model: Any = None
     params: Any = None
 
@@ -56,9 +58,42 @@ def run_data(ctx: Context) -> None:
                  summary["num_events"], builder.data_dir)
 
 
+def run_features(ctx: Context) -> None:
+    """MiniLM item-text embeddings and/or collaborative (SASRec/DuoRec) item embeddings."""
+    from gr_jax.features import compute_features
+
+    ctx.features, summary = compute_features(ctx.config, ctx.workdir, _dataset(ctx))
+    write_json(os.path.join(ctx.workdir, "features", "summary.json"), summary)
+
+
+def _features(ctx: Context):
+    if ctx.features is None:
+        from gr_jax.features import load_features
+
+        ctx.features = load_features(ctx.workdir)
+    return ctx.features
+
+
+def run_tokenize(ctx: Context) -> None:
+    """Item embeddings -> SID table + codebook health report."""
+    from gr_jax.tokenizers.stage import tokenize
+
+    ctx.sid_table, summary = tokenize(ctx.config, ctx.workdir, _dataset(ctx), _features(ctx))
+    write_json(os.path.join(ctx.workdir, "tokenize", "summary.json"), summary)
+
+
+def _sid_table(ctx: Context):
+    if ctx.sid_table is None:
+        from gr_jax.tokenizers.stage import load_sid_table
+
+        ctx.sid_table = load_sid_table(ctx.workdir)
+    return ctx.sid_table
+
+
 def _model(ctx: Context):
     if ctx.model is None:
-        ctx.model = registry.build(ctx.config, _dataset(ctx).num_items)
+        needs_sids = ctx.config.model.name in registry.SID_MODELS
+        ctx.model = registry.build(ctx.config, _dataset(ctx).num_items, _sid_table(ctx) if needs_sids else None)
     return ctx.model
 
 
@@ -105,7 +140,8 @@ def run_eval(ctx: Context) -> None:
                                       f"(list size {ctx.config.eval.list_size})"), flush=True)
 
 
-STAGES: dict[str, Callable[[Context], None]] = {"data": run_data, "train": run_train, "eval": run_eval}
+STAGES: dict[str, Callable[[Context], None]] = {"data": run_data, "features": run_features,
+                                                "tokenize": run_tokenize, "train": run_train, "eval": run_eval}
 
 
 def parse_stages(spec: str) -> list[str]:

@@ -3,7 +3,9 @@
 Per level, over the codes ``[N, L]``:
 
 * ``usage``: fraction of the level's K codes given to at least one item (target >= 0.9);
-* ``perplexity``: ``exp`` of the entropy of the code distribution (K when uniform);
+* ``perplexity``: ``exp`` of the entropy of the code distribution (K when uniform). Usage alone
+  misses hub collapse (every code used once, one code holding most items, as euclidean residual
+  k-means does on noise-like residuals), so ``check_health`` also bounds ``perplexity / K``;
 * ``energy_ratio``: ``E_{l+1} / E_l`` with ``E_l`` the mean squared norm of the residual entering
   level ``l`` (``E_0`` = the input), i.e. the share of energy left after the level (should be < 0.8);
 * hubness of the code-assignment counts (items per code, unused codes included): ``count_cv``
@@ -62,6 +64,7 @@ class HealthThresholds:
     """Limits for ``check_health``; None disables a check."""
 
     min_usage: float | None = 0.9
+    min_perplexity_fraction: float | None = 0.1  # perplexity / K
     max_energy_ratio: float | None = 0.8
     max_collision_rate: float | None = 0.1
     max_recon_error: float | None = None
@@ -114,7 +117,9 @@ def compute_health(codes: np.ndarray, codebook_sizes: int | Sequence[int], *,
 
 _FIXES = {
     "usage": "use balanced assignment, a smaller codebook_size, or dead-code reset (RQ-VAE)",
-    "energy_ratio": "train longer (more num_iters), use residual='euclidean', or a larger codebook at this level",
+    "perplexity_fraction": "a few hub codes take most items; use balanced assignment or residual='tangent'",
+    "energy_ratio": "more num_iters, a larger codebook, or residual='euclidean' instead of 'tangent'; ratios near "
+                    "1 at every level mean the embeddings have little cluster structure (check the encoder)",
     "collision_rate": "add a dedup digit (collisions.add_dedup_digit), reassign the last level "
                       "(collisions.reassign_last_level), or use a larger last codebook / more levels",
     "recon_error": "use more levels, larger codebooks or more iterations",
@@ -127,6 +132,7 @@ def _failures(report: HealthReport, t: HealthThresholds) -> list[str]:
     for lv in report.levels:
         where = f"level {lv.level}"
         checks += [("usage", where, lv.usage, t.min_usage, False),
+                   ("perplexity_fraction", where, lv.perplexity / lv.codebook_size, t.min_perplexity_fraction, False),
                    ("energy_ratio", where, lv.energy_ratio, t.max_energy_ratio, True),
                    ("count_cv", where, lv.count_cv, t.max_count_cv, True)]
     checks += [("collision_rate", "all levels", report.collision_rate, t.max_collision_rate, True),

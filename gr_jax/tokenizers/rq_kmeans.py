@@ -16,6 +16,7 @@ code, the mean scale of the items that were fit to it, unless per-item scales ar
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import jax.numpy as jnp
@@ -85,26 +86,25 @@ class RQResult:
         """Inputs as float32, L2-normalized per row when the config says so."""
         return _prepare(x, self.config.normalize_input)
 
-    def residuals(self, x, codes: np.ndarray | None = None) -> list[np.ndarray]:
-        """Residuals ``r_0 .. r_L`` of ``x`` following ``codes`` (nearest centroids when None)."""
+    def _walk(self, x, codes: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Codes ``[N, L]`` and residuals ``r_0 .. r_L`` of ``x``, following ``codes`` or nearest centroids."""
         r = self.prepare(x)
-        out = [r]
+        chosen, residuals = [], [r]
         for level, codebook in enumerate(self.codebooks):
             code = (np.asarray(nearest_centroid(r, codebook, spherical=self.config.tangent)) if codes is None
                     else np.asarray(codes)[:, level])
             r, _ = _residual_update(r, codebook[code], self.config.tangent)
-            out.append(r)
-        return out
+            chosen.append(code)
+            residuals.append(r)
+        return np.stack(chosen, axis=1).astype(np.int32), residuals
+
+    def residuals(self, x, codes: np.ndarray | None = None) -> list[np.ndarray]:
+        """Residuals ``r_0 .. r_L`` of ``x`` following ``codes`` (nearest centroids when None)."""
+        return self._walk(x, codes)[1]
 
     def encode(self, x) -> np.ndarray:
         """Codes ``[N, L]`` of new items by nearest centroid per level (no balancing)."""
-        r = self.prepare(x)
-        codes = []
-        for codebook in self.codebooks:
-            code = np.asarray(nearest_centroid(r, codebook, spherical=self.config.tangent))
-            r, _ = _residual_update(r, codebook[code], self.config.tangent)
-            codes.append(code)
-        return np.stack(codes, axis=1).astype(np.int32)
+        return self._walk(x, None)[0]
 
     def reconstruct(self, codes: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         """``Σ_l s_l c_l`` for codes ``[N, L]``; ``scales`` ``[N, L]`` default to ``code_scales``."""
@@ -161,6 +161,8 @@ def fit_rq_kmeans(x, config: RQKMeansConfig = RQKMeansConfig()) -> RQResult:
         codebooks.append(centroids)
         scales.append(scale)
         energy.append(_energy(r))
+        logging.info("RQ-KMeans level %d: residual energy %.4g -> %.4g, %d of %d codes used.", level,
+                     energy[-2], energy[-1], len(np.unique(code)), config.codebook_size)
     codes = np.stack(codes, axis=1).astype(np.int32)
     scales = np.stack(scales, axis=1).astype(np.float32)
     result = RQResult(config=config, codes=codes, codebooks=np.stack(codebooks).astype(np.float32),

@@ -10,8 +10,9 @@ the residuals of a first large batch, and codes unused over a window are reset t
 current residuals.
 
 Extension seam (PRISM): ``fit_rq_vae`` takes any ``module`` honouring the ``RQVAE``
-contract -- ``__call__(x, aux, train)`` returns a dict with at least ``loss``, ``codes``
-and ``residuals``; a ``latent(x, aux)`` and a ``quantize(x, aux)`` method; codebooks at
+contract -- ``__call__(x, aux, train)`` returns a dict with at least ``loss`` and the
+quantizer's outputs (``codes``, ``residuals``, ``distances``, ``level_losses``; its scalar
+entries are logged); ``latent(x, aux)`` and ``quantize(x, aux)`` methods; codebooks at
 ``params["quantizer"]["codebooks"]`` -- plus per-item ``aux`` arrays batched alongside
 ``x`` and an ``extra_loss_fn(params, batch_aux, outputs) -> (loss, metrics)``.
 """
@@ -19,6 +20,7 @@ and ``residuals``; a ``latent(x, aux)`` and a ``quantize(x, aux)`` method; codeb
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,8 +72,9 @@ class ResidualQuantizer(nn.Module):
 
     Returns ``codes [B, L]``, straight-through ``z_q [B, d]``, the residual entering each
     level ``residuals [B, L, d]``, the chosen codes ``quantized [B, L, d]``, squared
-    distances ``distances [B, L, K]`` and per-level losses ``level_losses [L]``. Residuals
-    are propagated with ``sg(c_l)``, so each codebook is trained only by its own level's term.
+    distances ``distances [B, L, K]`` (differentiable in residuals and codebooks, for soft
+    assignments) and per-level losses ``level_losses [L]``. Residuals are propagated with
+    ``sg(c_l)``, so each codebook is trained only by its own level's term.
     """
 
     num_levels: int
@@ -87,7 +90,7 @@ class ResidualQuantizer(nn.Module):
         codes, residuals, quantized, distances, losses = [], [], [], [], []
         for level in range(self.num_levels):
             codebook = codebooks[level]
-            dist = squared_distances(jax.lax.stop_gradient(residual), codebook)
+            dist = squared_distances(residual, codebook)
             code = jnp.argmin(dist, axis=-1)
             chosen = codebook[code]
             losses.append(_level_loss(residual, chosen, self.beta))
@@ -269,22 +272,24 @@ class RQVAEResult:
     residual_norms: np.ndarray  # [L + 1]: mean ||r_l|| entering each level, then the final error
 
 
-def make_optimizer(config: RQVAEConfig) -> optax.GradientTransformation:
+@functools.lru_cache(maxsize=None)
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Cached, so equal settings give the same (hashable) transformation and share compilations."""
     makers = {
-        "adamw": lambda: optax.adamw(config.learning_rate, weight_decay=config.weight_decay),
-        "adam": lambda: optax.adam(config.learning_rate),
-        "adagrad": lambda: optax.adagrad(config.learning_rate),
-        "sgd": lambda: optax.sgd(config.learning_rate),
+        "adamw": lambda: optax.adamw(learning_rate, weight_decay=weight_decay),
+        "adam": lambda: optax.adam(learning_rate),
+        "adagrad": lambda: optax.adagrad(learning_rate),
+        "sgd": lambda: optax.sgd(learning_rate),
     }
-    if config.optimizer not in makers:
-        raise ValueError(f"optimizer={config.optimizer!r}; expected one of {sorted(makers)}")
-    return makers[config.optimizer]()
+    if name not in makers:
+        raise ValueError(f"optimizer={name!r}; expected one of {sorted(makers)}")
+    return makers[name]()
 
 
-def _batch_metrics(outputs: Outputs, codebook_size: int) -> dict[str, jax.Array]:
+def _batch_metrics(outputs: Outputs) -> dict[str, jax.Array]:
     """Every scalar output, plus per-level quantization loss and batch code usage."""
     metrics = {k: v for k, v in outputs.items() if jnp.ndim(v) == 0}
-    codes = outputs["codes"]
+    codes, codebook_size = outputs["codes"], outputs["distances"].shape[-1]
     for level in range(codes.shape[1]):
         used = jnp.zeros(codebook_size, bool).at[codes[:, level]].set(True)
         metrics[f"usage_l{level}"] = used.mean()
@@ -292,47 +297,57 @@ def _batch_metrics(outputs: Outputs, codebook_size: int) -> dict[str, jax.Array]
     return metrics
 
 
-def _reset_dead_codes(state: TrainState, params: Params, usage: jax.Array, residuals: jax.Array,
+def _reset_dead_codes(params: Params, usage: jax.Array, residuals: jax.Array, step: jax.Array,
                       key: jax.Array, reset_every: int) -> tuple[Params, jax.Array]:
-    """On every ``reset_every``-th step, move codes unused in the window onto random residuals."""
+    """On every ``reset_every``-th step, move codes unused in the window onto residuals of the
+    (already shuffled) batch: code ``k`` of level ``l`` takes item ``(offset_l + k) mod B``."""
     num_levels, k = usage.shape
     batch = residuals.shape[0]
-    due = (state.step + 1) % reset_every == 0
-    picks = jax.vmap(lambda key: jax.random.choice(key, batch, (k,), replace=batch < k))(
-        jax.random.split(key, num_levels))
+    due = step % reset_every == 0
+    offsets = jax.random.randint(key, (num_levels, 1), 0, batch)
+    picks = (offsets + jnp.arange(k)[None]) % batch
     candidates = jax.lax.stop_gradient(residuals)[picks, jnp.arange(num_levels)[:, None]]
     dead = due & (usage == 0)
     codebooks = jnp.where(dead[..., None], candidates, params["quantizer"]["codebooks"])
     return with_codebooks(params, codebooks), jnp.where(due, 0, usage)
 
 
-def make_train_step(module: nn.Module, tx: optax.GradientTransformation, config: RQVAEConfig,
-                    extra_loss_fn: ExtraLossFn | None = None):
-    """Jitted ``(state, x, aux) -> (state, metrics)`` with the state donated."""
+@functools.partial(jax.jit, static_argnames=("module", "tx", "reset_every", "extra_loss_fn"), donate_argnums=0)
+def train_step(state: TrainState, x: jax.Array, aux: Mapping[str, jax.Array], *, module: nn.Module,
+               tx: optax.GradientTransformation, reset_every: int,
+               extra_loss_fn: ExtraLossFn | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step, usage accounting and (every ``reset_every`` steps) dead-code reset."""
 
-    def loss_fn(params, x, aux, dropout_key):
+    def loss_fn(params, dropout_key):
         outputs = module.apply({"params": params}, x, aux, train=True, rngs={"dropout": dropout_key})
-        loss, metrics = outputs["loss"], _batch_metrics(outputs, config.codebook_size)
+        loss, metrics = outputs["loss"], _batch_metrics(outputs)
         if extra_loss_fn is not None:
             extra, extra_metrics = extra_loss_fn(params, aux, outputs)
             loss = loss + extra
             metrics = metrics | extra_metrics | {"extra_loss": extra, "total_loss": loss}
         return loss, (outputs, metrics)
 
-    def step(state: TrainState, x, aux):
-        rng, dropout_key, reset_key = jax.random.split(state.rng, 3)
-        grads, (outputs, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, x, aux, dropout_key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        codes = outputs["codes"]
-        usage = state.usage.at[jnp.arange(codes.shape[1])[None], codes].add(1)
-        if config.reset_every > 0:
-            params, usage = _reset_dead_codes(state, params, usage, outputs["residuals"], reset_key,
-                                              config.reset_every)
-        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, usage=usage, rng=rng)
-        return new, metrics
+    rng, dropout_key, reset_key = jax.random.split(state.rng, 3)
+    grads, (outputs, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, dropout_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    codes = outputs["codes"]
+    usage = state.usage.at[jnp.arange(codes.shape[1])[None], codes].add(1)
+    if reset_every > 0:
+        params, usage = _reset_dead_codes(params, usage, outputs["residuals"], state.step + 1, reset_key,
+                                          reset_every)
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, usage=usage, rng=rng)
+    return new, metrics
 
-    return jax.jit(step, donate_argnums=0)
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module: nn.Module, key: jax.Array, x: jax.Array, aux: Mapping[str, jax.Array]) -> Params:
+    return module.init({"params": key}, x, aux)["params"]
+
+
+@functools.partial(jax.jit, static_argnames=("module", "method"))
+def _apply(params: Params, x: jax.Array, aux: Mapping[str, jax.Array], *, module: nn.Module, method: str):
+    return module.apply({"params": params}, x, aux, method=method)
 
 
 def _take(aux: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -343,12 +358,11 @@ def init_params(module: nn.Module, config: RQVAEConfig, x: np.ndarray, aux: Mapp
                 key: jax.Array, rng: np.random.Generator) -> Params:
     """Random init, then (if ``config.kmeans_init``) residual k-means codebooks computed on the
     encoder outputs of a random ``kmeans_init_samples``-item first batch."""
-    params = jax.jit(module.init)({"params": key}, x[:2], _take(aux, np.arange(2)))["params"]
+    params = _init(module, key, x[:2], _take(aux, np.arange(2)))
     if not config.kmeans_init:
         return params
     index = rng.permutation(len(x))[:config.kmeans_init_samples]
-    latent = jax.jit(lambda p, xb, ab: module.apply({"params": p}, xb, ab, method="latent"))
-    z = latent(params, x[index], _take(aux, index))
+    z = _apply(params, x[index], _take(aux, index), module=module, method="latent")
     codebooks = residual_kmeans(np.asarray(z), config.num_levels, config.codebook_size, rng,
                                 config.kmeans_iters)
     return with_codebooks(params, codebooks)
@@ -381,10 +395,11 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
         params = init_params(module, config, x, aux, init_key, rng)
     else:
         params = jax.tree.map(jnp.array, init)  # a copy: the train state is donated
-    tx = make_optimizer(config)
+    tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
                        usage=jnp.zeros((config.num_levels, config.codebook_size), jnp.int32), rng=state_key)
-    train_step = make_train_step(module, tx, config, extra_loss_fn)
+    step_fn = functools.partial(train_step, module=module, tx=tx, reset_every=config.reset_every,
+                                extra_loss_fn=extra_loss_fn)
     batch_size = min(config.batch_size, len(x))
     steps_per_epoch = len(x) // batch_size
     total = steps_per_epoch * config.num_epochs
@@ -393,7 +408,7 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
         order = rng.permutation(len(x))
         for i in range(steps_per_epoch):
             index = order[i * batch_size:(i + 1) * batch_size]
-            state, metrics = train_step(state, x[index], _take(aux, index))
+            state, metrics = step_fn(state, x[index], _take(aux, index))
             step = epoch * steps_per_epoch + i + 1
             if step == 1 or step % log_every == 0 or step == total:
                 record = {"step": step} | {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -415,11 +430,10 @@ def quantize_all(module: nn.Module, params: Params, x: np.ndarray, aux: Mapping[
     aux = {k: np.asarray(v) for k, v in (aux or {}).items()}
     n = len(x)
     batch_size = min(batch_size, n)
-    apply = jax.jit(lambda p, xb, ab: module.apply({"params": p}, xb, ab, method="quantize"))
     codes, latents, norms = [], [], []
     for start in range(0, n, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad the tail by repetition
-        out = jax.device_get(apply(params, x[index], _take(aux, index)))
+        out = jax.device_get(_apply(params, x[index], _take(aux, index), module=module, method="quantize"))
         keep = min(batch_size, n - start)
         final = out["residuals"][:, -1] - out["quantized"][:, -1]
         residuals = np.concatenate([out["residuals"], final[:, None]], axis=1)[:keep]

@@ -85,9 +85,9 @@ def test_dead_code_reset_revives_codes(data):
 
 
 def test_straight_through_gradient_reaches_encoder(data):
-    x = jnp.asarray(data[0][:64])
+    x = data[0][:64]
     module = build_rq_vae(SMALL, x.shape[1])
-    params = jax.jit(module.init)(jax.random.PRNGKey(0), x)["params"]
+    params = init_params(module, SMALL, x, {}, jax.random.PRNGKey(0), np.random.default_rng(0))
     grads = jax.jit(jax.grad(lambda p: module.apply({"params": p}, x)["recon_loss"]))(params)
     encoder_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["encoder"]))
     assert encoder_norm > 0

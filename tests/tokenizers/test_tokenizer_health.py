@@ -34,19 +34,24 @@ def test_collapsed_codebook_fails_naming_usage():
         check_health(report)
     message = str(info.value)
     assert "level 0 usage = 0.0625 (limit min_usage = 0.9)" in message and "balanced" in message
-    assert "level 1 usage" not in message
+    assert "level 0 perplexity_fraction = 0.0625 (limit min_perplexity_fraction = 0.1)" in message
+    assert "level 1" not in message
     assert "collision_rate = 1" in message and "dedup digit" in message
-    check_health(report, HealthThresholds(min_usage=None, max_collision_rate=None))
+    check_health(report, HealthThresholds(min_usage=None, min_perplexity_fraction=None, max_collision_rate=None))
 
 
-def test_energy_and_hubness_checks():
-    codes = np.random.default_rng(0).integers(0, 8, size=(400, 2))
-    codes[:200, 1] = 0  # a hub code
-    report = compute_health(codes, 8, residual_energy=[1.0, 0.5, 0.45])
-    assert report.levels[1].count_skewness > 1.5 and report.levels[1].max_code_share > 0.5
-    with pytest.raises(CodebookHealthError, match="level 1 energy_ratio = 0.9.*num_iters") as info:
+def test_hub_collapse_and_energy_checks():
+    codes = np.random.default_rng(0).integers(0, 32, size=(1000, 2))
+    codes[:, 1] = np.where(np.arange(1000) < 904, 0, np.arange(1000) % 32)  # a hub, yet every code used
+    report = compute_health(codes, 32, residual_energy=[1.0, 0.5, 0.45])
+    hub = report.levels[1]
+    assert hub.usage == 1.0 and hub.count_skewness > 5 and hub.max_code_share > 0.9
+    with pytest.raises(CodebookHealthError) as info:
         check_health(report, HealthThresholds(max_count_cv=1.0))
-    assert "level 1 count_cv" in str(info.value) and "level 0 count_cv" not in str(info.value)
+    message = str(info.value)
+    assert "level 1 perplexity_fraction" in message and "level 1 count_cv" in message
+    assert "level 1 energy_ratio = 0.9 (limit max_energy_ratio = 0.8)" in message and "num_iters" in message
+    assert "level 0" not in message
 
 
 def test_write_health_files(tmp_path):

@@ -1,0 +1,56 @@
+"""A TIGER-size model on Scientific shapes with a random (collision-free) SID table, for speed benches."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiger as tiger_config
+from gr_jax.models.tiger import TigerRecommender
+
+
+def random_sid_codes(num_items: int, num_levels: int, codebook_size: int, seed: int = 0) -> np.ndarray:
+    """Distinct random SIDs (last level de-duplicated) for ``num_items`` items."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, codebook_size, (num_items, num_levels))
+    codes[:, -1] = np.arange(num_items) % codebook_size
+    return codes
+
+
+def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256,
+          beam_size: int = 20) -> TigerRecommender:
+    model_cfg = tiger_config.get_config().model
+    model_cfg.item_level_history = item_level_history
+    model_cfg.beam_size = beam_size
+    return TigerRecommender(model_cfg, random_sid_codes(num_items, num_levels, codebook_size), codebook_size)
+
+
+def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"user": jnp.asarray(rng.integers(0, 10_000, batch_size), jnp.int32),
+            "history": jnp.asarray(rng.integers(0, num_items, (batch_size, history)), jnp.int32),
+            "history_mask": jnp.ones((batch_size, history), bool),
+            "target": jnp.asarray(rng.integers(0, num_items, batch_size), jnp.int32)}
+
+
+def compiled_flops(jitted, *args) -> float:
+    """FLOPs of one call from XLA's cost analysis of the compiled function."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def timed(fn, *args, repeats: int) -> float:
+    """Best-of-3 mean seconds per call of ``fn`` over ``repeats`` calls (after a warm-up call)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(3):
+        tic = time.perf_counter()
+        for _ in range(repeats):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - tic) / repeats)
+    return best

@@ -1,0 +1,62 @@
+"""Training throughput and MFU of the TIGER-size model on Scientific shapes.
+
+    python bench/train_throughput.py [--item_level_history] [--batch_size 256] [--steps 20]
+
+Prints one JSON line: examples/s, GFLOP per example (XLA cost analysis of the compiled
+step), achieved GFLOP/s, the fp32 matmul peak measured in the same process, and MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import emit, matmul_peak_gflops  # noqa: E402
+from bench.tiger_setup import build, compiled_flops, random_batch  # noqa: E402
+from configs import tiger as tiger_config  # noqa: E402
+from gr_jax.training import trainer  # noqa: E402
+from gr_jax.training.optim import make_optimizer  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--history", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--item_level_history", action="store_true")
+    args = parser.parse_args()
+    config = tiger_config.get_config()
+    config.mesh.data = 1
+    model = build(args.item_level_history)
+    optimizer = make_optimizer(config.train, 10_000)
+    batch = random_batch(args.batch_size, args.history, len(model.codes))
+    with trainer.mesh_context(config) as mesh:
+        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
+        flops = compiled_flops(step, state, batch)
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        tic = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        seconds = (time.perf_counter() - tic) / args.steps
+    peak = matmul_peak_gflops()
+    achieved = flops / seconds / 1e9
+    emit({"name": "train_throughput", "model": "tiger", "item_level_history": args.item_level_history,
+          "batch_size": args.batch_size, "history": args.history, "sid_levels": int(model.codes.shape[1]),
+          "examples_per_s": round(args.batch_size / seconds, 1),
+          "gflop_per_example": round(flops / args.batch_size / 1e9, 3),
+          "achieved_gflops": round(achieved, 1), "peak_gflops": round(peak, 1), "mfu": round(achieved / peak, 3),
+          "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()})
+
+
+if __name__ == "__main__":
+    main()

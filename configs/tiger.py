@@ -1,0 +1,42 @@
+"""TIGER (Rajput et al., 2023): RQ-VAE semantic IDs + T5-style generative retrieval.
+
+Variants: default (synthetic), ``:tiny`` (tests), ``:scientific`` (CPU budget),
+``:scientific_full`` (paper-scale budget for a GPU/TPU).
+"""
+
+import ml_collections
+
+from configs import common, features, tokenizers
+
+
+def model_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "tiger"
+    c.num_user_buckets = 2000  # hashed user tokens
+    c.embed_dim = 128
+    c.num_encoder_layers = 4
+    c.num_decoder_layers = 4
+    c.num_heads = 6
+    c.head_dim = 64
+    c.mlp_dim = 1024
+    c.dropout = 0.1
+    c.item_level_history = False  # True: one encoder vector per history item (sum of its code embeddings)
+    c.beam_size = 20
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("tiger", stages="data,features,tokenize,train,eval")
+    c.features = features.features_config(text=True, cf=False)
+    c.tokenizer = tokenizers.tokenizer_config("rq_vae", embeddings="text")
+    c.model = model_config()
+    c.train.learning_rate = 2e-3
+    c.train.warmup_steps = 200
+    c.train.weight_decay = 0.01
+    c.train.num_epochs = 30
+    common.apply_variant(c, arg)
+    if arg == "tiny":
+        tokenizers.shrink_for_tiny(c.tokenizer)
+        c.model.update(num_user_buckets=50, embed_dim=32, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
+                       head_dim=16, mlp_dim=64, beam_size=10)
+    return c

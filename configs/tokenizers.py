@@ -1,0 +1,37 @@
+"""Defaults of ``config.tokenizer``: which tokenizer, its input, collision handling, health limits."""
+
+import dataclasses
+
+import ml_collections
+
+from gr_jax.tokenizers.health import HealthThresholds
+from gr_jax.tokenizers.rq_kmeans import RQKMeansConfig
+from gr_jax.tokenizers.rq_vae import RQVAEConfig
+
+
+def tokenizer_config(name: str = "rq_vae", embeddings: str = "text") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = name  # rq_vae | rq_kmeans | index_json
+    c.input = embeddings  # text | cf | text+cf (features stage outputs)
+    c.collisions = "dedup_digit"  # dedup_digit (extra digit) | reassign (min-cost last level) | none
+    c.index_json = ""  # tokenizer.name=index_json: an LC-Rec NAME.index.json to import
+    c.rq_vae = ml_collections.ConfigDict(dataclasses.asdict(RQVAEConfig()))
+    c.rq_kmeans = ml_collections.ConfigDict(dataclasses.asdict(RQKMeansConfig()))
+    c.health = ml_collections.ConfigDict(
+        {k: (-1.0 if v is None else float(v)) for k, v in dataclasses.asdict(HealthThresholds()).items()})
+    c.health.enforce = True  # fail the stage when a limit is violated (a negative limit disables it)
+    return c
+
+
+def shrink_for_tiny(c: ml_collections.ConfigDict) -> None:
+    """Codebooks sized for the ~100-item tiny catalogue, with matching health limits."""
+    c.rq_vae.codebook_size = 16
+    c.rq_vae.num_epochs = 150
+    c.rq_vae.batch_size = 64
+    c.rq_vae.reset_every = 10
+    c.rq_vae.hidden_dims = (64, 32)
+    c.rq_vae.code_dim = 8
+    c.rq_kmeans.codebook_size = 16
+    c.health.min_usage = 0.5
+    c.health.max_energy_ratio = -1.0
+    c.health.max_collision_rate = -1.0

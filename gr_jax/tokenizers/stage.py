@@ -1,0 +1,128 @@
+"""The tokenize stage: item embeddings -> SID table artifact + codebook health report.
+
+Reads the embeddings named by ``tokenizer.input`` from the features stage (or imports an
+LC-Rec ``index.json``), fits the configured tokenizer, resolves collisions, checks codebook
+health against the configured thresholds (a failed check stops the pipeline with what
+usually fixes it), and writes ``WORKDIR/tokenize/{sid_table.npz,sid_table.json,index.json,
+health.json,health.png,summary.json}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from gr_jax.data.dataset import Dataset
+from gr_jax.features import Features
+from gr_jax.tokenizers import collisions, health
+from gr_jax.tokenizers.sid_table import SIDTable
+
+TOKENIZERS = ("rq_vae", "rq_kmeans", "index_json")
+COLLISION_MODES = ("dedup_digit", "reassign", "none")
+
+
+def input_embeddings(features: Features, spec: str) -> np.ndarray:
+    """``'text'``, ``'cf'`` or ``'text+cf'`` (each part L2-normalised, then concatenated)."""
+    parts = [p.strip() for p in spec.split("+") if p.strip()]
+    if not parts:
+        raise ValueError(f"tokenizer.input={spec!r}; expected text, cf or text+cf")
+    arrays = [features.get(p) for p in parts]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate([a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays], 1)
+
+
+def residual_energy(z: np.ndarray, codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """Mean squared norm of the residual entering each level, then of the final error (``L + 1`` values)."""
+    r = np.asarray(z, np.float64)
+    energy = [float(np.mean(np.sum(r * r, 1)))]
+    for level in range(codes.shape[1]):
+        r = r - codebooks[level][codes[:, level]]
+        energy.append(float(np.mean(np.sum(r * r, 1))))
+    return np.array(energy)
+
+
+def _fit_rq_vae(x: np.ndarray, cfg: ml_collections.ConfigDict):
+    from gr_jax.tokenizers import rq_vae
+
+    config = rq_vae.RQVAEConfig(**cfg.to_dict())
+    result = rq_vae.fit_rq_vae(x, config)
+    energy = residual_energy(result.latents, result.codes, result.codebooks)
+    recon = float(energy[-1] / energy[0])
+    return result.codes, result.codebooks, energy, recon, None, {"final_loss": result.loss_history[-1]}
+
+
+def _fit_rq_kmeans(x: np.ndarray, cfg: ml_collections.ConfigDict):
+    from gr_jax.tokenizers import rq_kmeans
+
+    result = rq_kmeans.fit_rq_kmeans(x, rq_kmeans.RQKMeansConfig(**cfg.to_dict()))
+    return (result.codes, result.codebooks, result.residual_energy, result.recon_error,
+            lambda: result.last_level_costs(x), {"fit_seconds": result.fit_seconds})
+
+
+def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.ndarray:
+    if mode == "dedup_digit":
+        return collisions.add_dedup_digit(codes)
+    if mode == "reassign":
+        if last_level_costs is None:
+            raise ValueError("tokenizer.collisions='reassign' needs last-level costs; use rq_kmeans or dedup_digit")
+        return collisions.reassign_last_level(codes, last_level_costs())
+    if mode == "none":
+        return codes
+    raise ValueError(f"tokenizer.collisions={mode!r}; expected one of {COLLISION_MODES}")
+
+
+def thresholds(cfg: ml_collections.ConfigDict) -> health.HealthThresholds:
+    """Health limits from config; a negative value disables that check."""
+    values = {f.name: cfg[f.name] for f in dataclasses.fields(health.HealthThresholds)}
+    return health.HealthThresholds(**{k: (None if v is None or v < 0 else v) for k, v in values.items()})
+
+
+def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+             features: Features) -> tuple[SIDTable, dict]:
+    """Fits the tokenizer, writes the SID artifact and health report; returns the table and a summary."""
+    tok = config.tokenizer
+    out_dir = os.path.join(workdir, "tokenize")
+    tic = time.time()
+    if tok.name == "index_json":
+        table = SIDTable.from_index_json(tok.index_json, dataset.items.keys)
+        report = health.compute_health(table.codes, table.codebook_sizes)
+        info = {"imported": tok.index_json}
+    elif tok.name in ("rq_vae", "rq_kmeans"):
+        x = input_embeddings(features, tok.input)
+        fit = _fit_rq_vae if tok.name == "rq_vae" else _fit_rq_kmeans
+        codes, codebooks, energy, recon, last_costs, info = fit(x, tok[tok.name])
+        report = health.compute_health(codes, codebooks.shape[1], residual_energy=energy, recon_error=recon)
+        final = resolve_collisions(codes, tok.collisions, last_costs)
+        sizes = tuple([codebooks.shape[1]] * codes.shape[1]) + (
+            (int(final[:, -1].max()) + 1,) if final.shape[1] > codes.shape[1] else ())
+        table = SIDTable(final.astype(np.int32), sizes, codebooks=list(codebooks),
+                         meta={"tokenizer": tok.name, "input": tok.input, "collisions": tok.collisions})
+    else:
+        raise ValueError(f"tokenizer.name={tok.name!r}; expected one of {TOKENIZERS}")
+    table.validate(dataset.num_items)
+    json_path, png_path = health.write_health(report, out_dir)
+    print(health.format_health(report), flush=True)
+    table.save(out_dir)
+    table.to_index_json(os.path.join(out_dir, "index.json"), dataset.items.keys)
+    summary = {"tokenizer": tok.name, "num_levels": table.num_levels, "codebook_sizes": list(table.codebook_sizes),
+               "unique_sids_after_collision_handling": table.num_unique,
+               "collision_rate_before": report.to_dict().get("collision_rate"), "health": json_path,
+               "health_png": png_path, "seconds": time.time() - tic} | info
+    if tok.health.enforce:
+        health.check_health(report, thresholds(tok.health))
+    logging.info("Tokenized %d items into %d-level SIDs (%d unique).", dataset.num_items, table.num_levels,
+                 table.num_unique)
+    return table, summary
+
+
+def load_sid_table(workdir: str) -> SIDTable:
+    path = os.path.join(workdir, "tokenize")
+    if not os.path.exists(os.path.join(path, "sid_table.npz")):
+        raise FileNotFoundError(f"no SID table in {path}; run the tokenize stage first")
+    return SIDTable.load(path)
