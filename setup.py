@@ -27,6 +27,8 @@ setup(
         "scipy>=1.11",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "tokenizers>=0.15",  # MiniLM tokenizer.json
+        "safetensors>=0.4",  # MiniLM weights, read without PyTorch
     ],
     extras_require={"test": ["pytest>=8"]},
 )

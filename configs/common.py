@@ -96,10 +96,10 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         c.train.warmup_steps = 2
         c.train.log_every_steps = 5
         c.eval.batch_size = 64
-    elif arg == "scientific":
+    elif arg in ("scientific", "scientific_full"):
         c.data.format = "lcrec"
         c.data.dir = SCIENTIFIC_DIR
         c.data.name = "Scientific"
     else:
-        raise ValueError(f"unknown config variant {arg!r}; expected one of: tiny, scientific")
+        raise ValueError(f"unknown config variant {arg!r}; expected one of: tiny, scientific, scientific_full")
     return c

@@ -11,7 +11,7 @@ def features_config(text: bool = True, cf: bool = False) -> ml_collections.Confi
     c.text.enabled = text
     c.text.template = "Title: {title}; Brand: {brand}; Categories: {categories}; Description: {description}"
     c.text.max_length = 128  # tokens
-    c.text.batch_size = 64
+    c.text.batch_size = 32  # fastest on 2 CPU cores (bench/text_encoder.py)
     c.text.cache_dir = ""  # '' = ~/.cache/gr_jax/text, shared by runs (keyed by content)
     c.cf = ml_collections.ConfigDict()
     c.cf.enabled = cf

@@ -19,6 +19,7 @@ import numpy as np
 
 from gr_jax.decoding.beam_search import beam_search, sids_to_items
 from gr_jax.decoding.trie import Trie, build_trie
+from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, RelativeBias, RMSNorm
 
 PAD, BOS, USER_OFFSET = 0, 1, 2
@@ -41,6 +42,7 @@ class Tiger(nn.Module):
     head_dim: int = 64
     mlp_dim: int = 1024
     dropout: float = 0.1
+    dropout_impl: str = "hash"  # hash (fast) | threefry (reference)
     item_level_history: bool = False
 
     @property
@@ -53,13 +55,13 @@ class Tiger(nn.Module):
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")))
         layer = dict(embed_dim=self.embed_dim, num_heads=self.num_heads, head_dim=self.head_dim,
-                     mlp_dim=self.mlp_dim, dropout=self.dropout)
+                     mlp_dim=self.mlp_dim, dropout=self.dropout, dropout_impl=self.dropout_impl)
         self.encoder_layers = [EncoderLayer(**layer) for _ in range(self.num_encoder_layers)]
         self.decoder_layers = [DecoderLayer(**layer) for _ in range(self.num_decoder_layers)]
         self.encoder_bias = RelativeBias(self.num_heads, bidirectional=True)
         self.decoder_bias = RelativeBias(self.num_heads, bidirectional=False)
         self.encoder_norm, self.decoder_norm = RMSNorm(), RMSNorm()
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout, self.dropout_impl)
 
     def code_tokens(self, codes: jax.Array) -> jax.Array:
         """Token ids of ``codes [..., L]``."""
@@ -132,7 +134,8 @@ def build(model: ml_collections.ConfigDict, num_levels: int, codebook_size: int)
     return Tiger(num_levels=num_levels, codebook_size=codebook_size, num_user_buckets=model.num_user_buckets,
                  embed_dim=model.embed_dim, num_encoder_layers=model.num_encoder_layers,
                  num_decoder_layers=model.num_decoder_layers, num_heads=model.num_heads, head_dim=model.head_dim,
-                 mlp_dim=model.mlp_dim, dropout=model.dropout, item_level_history=model.item_level_history)
+                 mlp_dim=model.mlp_dim, dropout=model.dropout, dropout_impl=model.dropout_impl,
+                 item_level_history=model.item_level_history)
 
 
 class TigerRecommender:

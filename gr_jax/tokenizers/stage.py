@@ -114,8 +114,11 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
                "unique_sids_after_collision_handling": table.num_unique,
                "collision_rate_before": report.to_dict().get("collision_rate"), "health": json_path,
                "health_png": png_path, "seconds": time.time() - tic} | info
+    # Collision limits apply to the SIDs the model will see, i.e. after collision handling.
+    after = health.compute_health(table.codes, table.codebook_sizes).collision_rate
+    summary["collision_rate_after"] = after
     if tok.health.enforce:
-        health.check_health(report, thresholds(tok.health))
+        health.check_health(dataclasses.replace(report, collision_rate=after), thresholds(tok.health))
     logging.info("Tokenized %d items into %d-level SIDs (%d unique).", dataset.num_items, table.num_levels,
                  table.num_unique)
     return table, summary

@@ -32,6 +32,7 @@ from gr_jax.training import sharding
 from gr_jax.training.checkpoint import Checkpoints
 from gr_jax.training.metric_writer import MetricWriter
 from gr_jax.training.optim import learning_rate_schedule, make_optimizer
+from gr_jax.training.plots import plot_training_curves
 
 SELECT_METRIC = "ndcg@10"
 
@@ -218,10 +219,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
         best_params = checkpoints.restore_best(state.params)
     checkpoints.close()
     writer.close()
+    curves = plot_training_curves(workdir, title=f"{config.name}: {config.model.name}")
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                "final_step": int(state.step), "best_step": loop["best_step"],
                f"best_valid_{SELECT_METRIC}": loop["best"], "stopped_early": stopped_early,
-               "train_seconds": time.time() - train_start}
+               "train_seconds": time.time() - train_start, "curves_png": curves}
     return TrainResult(params=best_params if best_params is not None else state.params, summary=summary)
 
 

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gr_jax.models.layers.dropout import Dropout
+
 NEG_INF = -1e9
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -84,11 +86,12 @@ class SelfAttention(nn.Module):
     num_heads: int
     head_dim: int
     dropout: float
+    dropout_impl: str = "hash"
 
     def setup(self):
         self.qkv = _proj((3, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
         self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout, self.dropout_impl)
 
     def _output(self, y, train):
         return self.drop(self.out(y), deterministic=not train)
@@ -115,12 +118,13 @@ class CrossAttention(nn.Module):
     num_heads: int
     head_dim: int
     dropout: float
+    dropout_impl: str = "hash"
 
     def setup(self):
         self.q = _proj((self.num_heads, self.head_dim), -1, ("embed", "heads", "kv"), "q")
         self.kv = _proj((2, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
         self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout, self.dropout_impl)
 
     def memory(self, encoded):
         """Keys and values of the encoder output, computed once per user."""
@@ -136,14 +140,15 @@ class CrossAttention(nn.Module):
 class FeedForward(nn.Module):
     mlp_dim: int
     dropout: float
+    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, x, train: bool):
         h = _proj(self.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
         h = nn.with_logical_constraint(nn.relu(h), ("batch", "seq", "mlp"))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train)
         y = _proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
-        return nn.Dropout(self.dropout)(y, deterministic=not train)
+        return Dropout(self.dropout, self.dropout_impl)(y, deterministic=not train)
 
 
 class EncoderLayer(nn.Module):
@@ -152,11 +157,12 @@ class EncoderLayer(nn.Module):
     head_dim: int
     mlp_dim: int
     dropout: float
+    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, x, bias, mask, train: bool):
-        x = x + SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)(RMSNorm()(x), bias, mask, train)
-        x = x + FeedForward(self.mlp_dim, self.dropout)(RMSNorm()(x), train)
+        x = x + SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)(RMSNorm()(x), bias, mask, train)
+        x = x + FeedForward(self.mlp_dim, self.dropout, self.dropout_impl)(RMSNorm()(x), train)
         return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
 
 
@@ -166,12 +172,13 @@ class DecoderLayer(nn.Module):
     head_dim: int
     mlp_dim: int
     dropout: float
+    dropout_impl: str = "hash"
 
     def setup(self):
         self.self_norm, self.cross_norm, self.mlp_norm = RMSNorm(), RMSNorm(), RMSNorm()
-        self.self_attention = SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)
-        self.cross_attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout)
-        self.mlp = FeedForward(self.mlp_dim, self.dropout)
+        self.self_attention = SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)
+        self.cross_attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)
+        self.mlp = FeedForward(self.mlp_dim, self.dropout, self.dropout_impl)
 
     def memory(self, encoded):
         return self.cross_attention.memory(encoded)

@@ -1,0 +1,56 @@
+"""Dropout with a choice of random-bit source.
+
+``threefry`` is Flax's ``nn.Dropout`` (jax.random bits per element): the reference.
+``hash`` draws one 32-bit seed from the ``dropout`` RNG stream per call and mixes it with
+each element's global linear index through a 32-bit integer finaliser (MurmurHash3's
+fmix32): a handful of integer ops per element instead of a full Threefry block, which on
+CPU halves the cost of a TIGER-size training step. The index is a global ``iota``, so
+masks do not depend on how the array is sharded.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("hash", "threefry")
+
+
+def fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijective avalanche mix of uint32 values."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """Boolean keep-mask with P(keep) = 1 - rate (to 2^-32), from a uint32 ``seed``."""
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    bits = fmix32(index ^ fmix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9)))
+    return bits >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` semantics (inverted scaling, ``deterministic`` switch) with a selectable RNG."""
+
+    rate: float
+    impl: str = "hash"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.impl == "threefry":
+            return nn.Dropout(self.rate)(x, deterministic=False)
+        if self.impl != "hash":
+            raise ValueError(f"dropout impl {self.impl!r}; expected one of {IMPLEMENTATIONS}")
+        seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+        keep = hash_keep_mask(seed, x.shape, self.rate)
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
