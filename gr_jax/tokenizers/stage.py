@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -47,22 +48,43 @@ def residual_energy(z: np.ndarray, codes: np.ndarray, codebooks: np.ndarray) -> 
     return np.array(energy)
 
 
-def _fit_rq_vae(x: np.ndarray, cfg: ml_collections.ConfigDict):
+@dataclasses.dataclass
+class TokenizerFit:
+    """What a fitted tokenizer hands to the stage."""
+
+    codes: np.ndarray  # int32 [N, L] before collision handling
+    codebooks: np.ndarray  # [L, K, d]
+    residual_energy: np.ndarray  # [L + 1] mean squared residual norm entering each level, then the error
+    recon_error: float
+    last_level_costs: Callable[[], np.ndarray] | None  # for collisions='reassign'
+    info: dict
+
+
+def _fit_rq_vae(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFit:
     from gr_jax.tokenizers import rq_vae
 
-    config = rq_vae.RQVAEConfig(**cfg.to_dict())
-    result = rq_vae.fit_rq_vae(x, config)
+    tic = time.time()
+    result = rq_vae.fit_rq_vae(x, rq_vae.RQVAEConfig(**cfg.to_dict()))
     energy = residual_energy(result.latents, result.codes, result.codebooks)
-    recon = float(energy[-1] / energy[0])
-    return result.codes, result.codebooks, energy, recon, None, {"final_loss": result.loss_history[-1]}
+    # Relative quantisation error in the latent space (the decoder's error is in final_loss).
+    return TokenizerFit(result.codes, result.codebooks, energy, float(energy[-1] / energy[0]), None,
+                        {"final_loss": result.loss_history[-1], "fit_seconds": time.time() - tic})
 
 
-def _fit_rq_kmeans(x: np.ndarray, cfg: ml_collections.ConfigDict):
+def _fit_rq_kmeans(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFit:
     from gr_jax.tokenizers import rq_kmeans
 
     result = rq_kmeans.fit_rq_kmeans(x, rq_kmeans.RQKMeansConfig(**cfg.to_dict()))
-    return (result.codes, result.codebooks, result.residual_energy, result.recon_error,
-            lambda: result.last_level_costs(x), {"fit_seconds": result.fit_seconds})
+    return TokenizerFit(result.codes, result.codebooks, result.residual_energy, result.recon_error,
+                        lambda: result.last_level_costs(x), {"fit_seconds": result.fit_seconds})
+
+
+def fit_tokenizer(x: np.ndarray, tok: ml_collections.ConfigDict) -> TokenizerFit:
+    """Fits ``tok.name`` (rq_vae | rq_kmeans) with its sub-config on embeddings ``x``."""
+    fits = {"rq_vae": _fit_rq_vae, "rq_kmeans": _fit_rq_kmeans}
+    if tok.name not in fits:
+        raise ValueError(f"tokenizer.name={tok.name!r}; expected one of {TOKENIZERS}")
+    return fits[tok.name](x, tok[tok.name])
 
 
 def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.ndarray:
@@ -75,6 +97,15 @@ def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.nda
     if mode == "none":
         return codes
     raise ValueError(f"tokenizer.collisions={mode!r}; expected one of {COLLISION_MODES}")
+
+
+def sid_table_from_fit(fit: TokenizerFit, tok: ml_collections.ConfigDict) -> SIDTable:
+    """Resolves collisions as configured and packs the codes into a SID table."""
+    final = resolve_collisions(fit.codes, tok.collisions, fit.last_level_costs)
+    size = fit.codebooks.shape[1]
+    sizes = (size,) * fit.codes.shape[1] + ((int(final[:, -1].max()) + 1,) if final.shape[1] > fit.codes.shape[1] else ())
+    return SIDTable(final.astype(np.int32), sizes, codebooks=list(fit.codebooks),
+                    meta={"tokenizer": tok.name, "input": tok.input, "collisions": tok.collisions})
 
 
 def thresholds(cfg: ml_collections.ConfigDict) -> health.HealthThresholds:
@@ -93,18 +124,12 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
         table = SIDTable.from_index_json(tok.index_json, dataset.items.keys)
         report = health.compute_health(table.codes, table.codebook_sizes)
         info = {"imported": tok.index_json}
-    elif tok.name in ("rq_vae", "rq_kmeans"):
-        x = input_embeddings(features, tok.input)
-        fit = _fit_rq_vae if tok.name == "rq_vae" else _fit_rq_kmeans
-        codes, codebooks, energy, recon, last_costs, info = fit(x, tok[tok.name])
-        report = health.compute_health(codes, codebooks.shape[1], residual_energy=energy, recon_error=recon)
-        final = resolve_collisions(codes, tok.collisions, last_costs)
-        sizes = tuple([codebooks.shape[1]] * codes.shape[1]) + (
-            (int(final[:, -1].max()) + 1,) if final.shape[1] > codes.shape[1] else ())
-        table = SIDTable(final.astype(np.int32), sizes, codebooks=list(codebooks),
-                         meta={"tokenizer": tok.name, "input": tok.input, "collisions": tok.collisions})
     else:
-        raise ValueError(f"tokenizer.name={tok.name!r}; expected one of {TOKENIZERS}")
+        fit = fit_tokenizer(input_embeddings(features, tok.input), tok)
+        report = health.compute_health(fit.codes, fit.codebooks.shape[1], residual_energy=fit.residual_energy,
+                                       recon_error=fit.recon_error)
+        table = sid_table_from_fit(fit, tok)
+        info = fit.info
     table.validate(dataset.num_items)
     json_path, png_path = health.write_health(report, out_dir)
     print(health.format_health(report), flush=True)
