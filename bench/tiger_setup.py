@@ -21,9 +21,10 @@ def random_sid_codes(num_items: int, num_levels: int, codebook_size: int, seed: 
 
 
 def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256,
-          beam_size: int = 20) -> TigerRecommender:
+          beam_size: int = 20, dropout_impl: str = "hash") -> TigerRecommender:
     model_cfg = tiger_config.get_config().model
     model_cfg.item_level_history = item_level_history
+    model_cfg.dropout_impl = dropout_impl
     model_cfg.beam_size = beam_size
     return TigerRecommender(model_cfg, random_sid_codes(num_items, num_levels, codebook_size), codebook_size)
 

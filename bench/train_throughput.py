@@ -30,10 +30,11 @@ def main():
     parser.add_argument("--history", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--item_level_history", action="store_true")
+    parser.add_argument("--dropout_impl", default="hash", choices=["hash", "threefry"])
     args = parser.parse_args()
     config = tiger_config.get_config()
     config.mesh.data = 1
-    model = build(args.item_level_history)
+    model = build(args.item_level_history, dropout_impl=args.dropout_impl)
     optimizer = make_optimizer(config.train, 10_000)
     batch = random_batch(args.batch_size, args.history, len(model.codes))
     with trainer.mesh_context(config) as mesh:
@@ -51,6 +52,7 @@ def main():
     peak = matmul_peak_gflops()
     achieved = flops / seconds / 1e9
     emit({"name": "train_throughput", "model": "tiger", "item_level_history": args.item_level_history,
+          "dropout_impl": args.dropout_impl,
           "batch_size": args.batch_size, "history": args.history, "sid_levels": int(model.codes.shape[1]),
           "examples_per_s": round(args.batch_size / seconds, 1),
           "gflop_per_example": round(flops / args.batch_size / 1e9, 3),

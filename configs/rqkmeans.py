@@ -5,14 +5,11 @@
 
 import ml_collections
 
-from configs import common, features, tokenizers
+from configs import rqvae
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = common.base_config("rqkmeans", stages="data,features,tokenize")
-    c.features = features.features_config(text=True, cf=False)
-    c.tokenizer = tokenizers.tokenizer_config("rq_kmeans", embeddings="text")
-    common.apply_variant(c, arg)
-    if arg == "tiny":
-        tokenizers.shrink_for_tiny(c.tokenizer)
+    c = rqvae.get_config(arg)
+    c.name = "rqkmeans"
+    c.tokenizer.name = "rq_kmeans"
     return c

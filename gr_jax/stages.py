@@ -30,6 +30,7 @@ class Context:
     sid_table: Any = None  # gr_jax.tokenizers.sid_table.SIDTable
     model: Any = None
     params: Any = None
+    fitted: bool = False  # count baselines fitted in this process
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -104,6 +105,7 @@ def run_train(ctx: Context) -> None:
     if not model.trainable:
         tic = time.time()
         model.fit(interactions)
+        ctx.fitted = True
         summary = {"model": ctx.config.model.name, "fit_seconds": time.time() - tic}
     else:
         result = trainer.train(ctx.config, os.path.join(ctx.workdir, "train"), model, interactions)
@@ -119,9 +121,9 @@ def run_train(ctx: Context) -> None:
 def _topk_fn(ctx: Context) -> Callable[[dict], np.ndarray]:
     model, size = _model(ctx), ctx.config.eval.list_size
     if not model.trainable:
-        if not hasattr(model, "_fitted"):
+        if not ctx.fitted:
             model.fit(_dataset(ctx).users)
-            model._fitted = True
+            ctx.fitted = True
         return lambda batch: model.topk(batch, size)
     if ctx.params is None:
         ctx.params = trainer.restore_best_params(os.path.join(ctx.workdir, "train"), model, _dataset(ctx).users,

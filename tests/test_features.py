@@ -1,0 +1,30 @@
+"""The features stage: MiniLM text embeddings and SASRec/DuoRec collaborative embeddings."""
+
+import json
+
+import numpy as np
+
+from configs import rqvae
+from gr_jax import stages
+from gr_jax.features import load_features
+
+
+def test_features_stage_writes_text_and_cf_embeddings_and_reuses_them(tmp_path):
+    config = rqvae.get_config("tiny")
+    config.stages = "data,features"
+    config.features.text.cache_dir = str(tmp_path / "cache")
+    config.features.cf.enabled = True
+    config.features.cf.model.embed_dim = 16
+    config.features.cf.model.mlp_dim = 32
+    config.features.cf.model.contrastive = "supervised"  # DuoRec
+    config.features.cf.train.num_epochs = 1
+    config.features.cf.train.batch_size = 32
+    ctx = stages.run(config, str(tmp_path / "run"))
+    text, cf = ctx.features.text, ctx.features.cf
+    assert text.shape == (100, 384) and np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+    assert cf.shape == (100, 16) and np.isfinite(cf).all()
+    summary = json.load(open(tmp_path / "run" / "features" / "summary.json"))
+    assert summary["cf_train"]["final_step"] > 0
+    reloaded = load_features(str(tmp_path / "run"))
+    np.testing.assert_array_equal(reloaded.cf, cf)
+    np.testing.assert_array_equal(reloaded.text, text)
