@@ -20,7 +20,6 @@ setup(
         "array-record>=0.7",
         "tensorflow-datasets>=4.9.8",
         "importlib_resources",  # TFDS needs it to locate builder code without TensorFlow
-        "scann>=1.4",
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "numpy>=1.26",
@@ -30,5 +29,8 @@ setup(
         "tokenizers>=0.15",  # MiniLM tokenizer.json
         "safetensors>=0.4",  # MiniLM weights, read without PyTorch
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        "retrieval": ["scann>=1.4"],  # ANN serving; x86-64 Linux wheels only
+    },
 )

@@ -9,6 +9,7 @@ Artifacts under ``WORKDIR/features/``: ``text_embeddings.npy`` ``[num_items, 384
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -65,8 +66,11 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
         summary["text"] = {"shape": list(features.text.shape), "seconds": time.time() - tic}
     if config.features.cf.enabled:
         path = os.path.join(out_dir, CF_FILE)
-        if os.path.exists(path):
-            logging.info("Reusing collaborative embeddings %s", path)
+        key_path = os.path.join(out_dir, "cf_config.json")
+        key = json.dumps({"model": config.features.cf.model.to_dict(), "train": config.features.cf.train.to_dict(),
+                          "seed": config.seed}, sort_keys=True, default=str)
+        if os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key:
+            logging.info("Reusing collaborative embeddings %s (same features.cf config)", path)
             features.cf = np.load(path)
         else:
             tic = time.time()
@@ -75,6 +79,8 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
             result = trainer.train(cf_config, os.path.join(out_dir, "cf"), model, dataset.users)
             features.cf = np.asarray(model.item_embeddings(result.params), np.float32)
             np.save(path, features.cf)
+            with open(key_path, "w") as f:
+                f.write(key)
             summary["cf_train"] = result.summary | {"seconds": time.time() - tic}
         summary["cf"] = {"shape": list(features.cf.shape)}
     return features, summary

@@ -33,7 +33,14 @@ class Context:
     fitted: bool = False  # count baselines fitted in this process
 
 
+def is_primary() -> bool:
+    """Only process 0 writes shared outputs on multi-host runs."""
+    return jax.process_index() == 0
+
+
 def write_json(path: str, payload: dict) -> None:
+    if not is_primary():
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=float)
@@ -118,28 +125,29 @@ def run_train(ctx: Context) -> None:
     write_json(os.path.join(ctx.workdir, "train", "summary.json"), summary)
 
 
-def _topk_fn(ctx: Context) -> Callable[[dict], np.ndarray]:
-    model, size = _model(ctx), ctx.config.eval.list_size
+def _evaluate(ctx: Context) -> dict[str, dict]:
+    model, size, users = _model(ctx), ctx.config.eval.list_size, _dataset(ctx).users
     if not model.trainable:
         if not ctx.fitted:
-            model.fit(_dataset(ctx).users)
+            model.fit(users)
             ctx.fitted = True
-        return lambda batch: model.topk(batch, size)
+        return evaluate(lambda batch: model.topk(batch, size), users, ctx.config)
     if ctx.params is None:
-        ctx.params = trainer.restore_best_params(os.path.join(ctx.workdir, "train"), model, _dataset(ctx).users,
-                                                 ctx.config)
-    topk = jax.jit(model.topk, static_argnums=2)
-    return lambda batch: np.asarray(topk(ctx.params, batch, size))
+        ctx.params = trainer.restore_best_params(os.path.join(ctx.workdir, "train"), model, users, ctx.config)
+    with trainer.mesh_context(ctx.config) as mesh:
+        topk = trainer.jit_topk(model, mesh, None, size)
+        return evaluate(lambda batch: topk(ctx.params, batch), users, ctx.config)
 
 
 def run_eval(ctx: Context) -> None:
     """Full-catalogue top-K on valid/test; writes ``eval/metrics.json`` and prints a table."""
     tic = time.time()
-    results = evaluate(_topk_fn(ctx), _dataset(ctx).users, ctx.config)
+    results = _evaluate(ctx)
     write_json(os.path.join(ctx.workdir, "eval", "metrics.json"), results)
     write_json(os.path.join(ctx.workdir, "eval", "summary.json"), {"seconds": time.time() - tic})
-    print(format_table(results, title=f"{ctx.config.name} on {_dataset(ctx).name} "
-                                      f"(list size {ctx.config.eval.list_size})"), flush=True)
+    if is_primary():
+        print(format_table(results, title=f"{ctx.config.name} on {_dataset(ctx).name} "
+                                          f"(list size {ctx.config.eval.list_size})"), flush=True)
 
 
 STAGES: dict[str, Callable[[Context], None]] = {"data": run_data, "features": run_features,
@@ -156,6 +164,9 @@ def parse_stages(spec: str) -> list[str]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Context:
     """Runs the configured stages in order in ``workdir``."""
+    if "://" in workdir:
+        raise ValueError(f"--workdir={workdir} is a URL; gr_jax writes through the local filesystem, so use a "
+                         f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
     ctx = Context(config=config, workdir=workdir)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

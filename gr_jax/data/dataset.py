@@ -42,10 +42,6 @@ class ItemTable:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def category_level(self, level: int) -> list[str]:
-        """Category-path prefix up to ``level`` (1-based) per item, '' when the path is shorter."""
-        return [",".join(c[:level]) if len(c) >= level else "" for c in self.categories]
-
 
 @dataclasses.dataclass
 class Interactions:
@@ -141,6 +137,9 @@ def validate(dataset: Dataset, min_user_events: int = 3, source: str = "") -> Da
     records every count, so nothing is dropped silently.
     """
     where = f" in {source}" if source else ""
+    if min_user_events < 3:
+        raise DataError(f"data.min_user_events={min_user_events}: leave-one-out needs at least 3 events per user "
+                        f"(train, valid, test); set it to 3 or more")
     items = dataset.users.items
     if len(items) and (items.min() < 0 or items.max() >= dataset.num_items):
         bad = int(((items < 0) | (items >= dataset.num_items)).sum())
@@ -150,7 +149,7 @@ def validate(dataset: Dataset, min_user_events: int = 3, source: str = "") -> Da
     short = dataset.users.lengths < min_user_events
     if short.all():
         raise DataError(f"every user{where} has fewer than {min_user_events} events; leave-one-out needs "
-                        f"at least 3 (check the file, or lower data.min_user_events if your split allows)")
+                        f"at least 3 per user (check that the file holds the interaction histories)")
     users = dataset.users
     if short.any():
         logging.warning("Dropping %d of %d users%s with fewer than %d events (leave-one-out needs them).",

@@ -45,7 +45,9 @@ def train_dataset(interactions: Interactions, *, max_history: int, global_batch_
 
     # Grain reshuffles epoch e with seed + e, so neighbouring user seeds are decorrelated first.
     shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed)[index::count].repeat(num_epochs)
+    usable = len(rows) - len(rows) % count  # equal shards: each epoch drops a different (shuffled) tail
+    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed)[:usable][index::count]
+    ds = ds.repeat(num_epochs)
     ds = ds.batch(global_batch_size // count, drop_remainder=True)
     return ds.map(lambda ids: assemble(np.asarray(ids)))
 
@@ -54,14 +56,17 @@ def eval_dataset(interactions: Interactions, split: str, *, max_history: int, ba
                  shard: tuple[int, int] | None = None) -> grain.MapDataset:
     """Leave-one-out ``split`` ('valid'/'test') batches of fixed size; padding rows have ``valid=False``."""
     index, count = shard or _process_shard()
-    rows = example_index(interactions.lengths, split)[index::count]
-    num_batches = -(-len(rows) // batch_size)
+    all_rows = example_index(interactions.lengths, split)
+    rows = all_rows[index::count]
+    # Every process runs the same number of batches (collective ops must line up across hosts).
+    num_batches = -(-(-(-len(all_rows) // count)) // batch_size)
 
     def make(b: int) -> dict[str, np.ndarray]:
         chunk = rows[b * batch_size:(b + 1) * batch_size]
         valid = np.zeros(batch_size, bool)
         valid[:len(chunk)] = True
-        padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), axis=0)])
+        filler = chunk[:1] if len(chunk) else all_rows[:1]
+        padded = np.concatenate([chunk, np.repeat(filler, batch_size - len(chunk), axis=0)])
         return assemble_batch(interactions, padded, max_history) | {"valid": valid}
 
     return grain.MapDataset.range(num_batches).map(make)

@@ -53,6 +53,10 @@ def source_fingerprint(data: ml_collections.ConfigDict) -> dict:
     out = {k: data[k].to_dict() if isinstance(data[k], ml_collections.ConfigDict) else data[k] for k in keys}
     if "dir" in out:
         out["dir"] = os.path.abspath(out["dir"])
+        if os.path.isdir(out["dir"]):  # changed raw files make a new dataset, not a stale reuse
+            out["files"] = {name: [(st := os.stat(os.path.join(out["dir"], name))).st_size, int(st.st_mtime)]
+                            for name in sorted(os.listdir(out["dir"]))
+                            if os.path.isfile(os.path.join(out["dir"], name))}
     return out
 
 

@@ -24,8 +24,13 @@ def _gather_beams(tree: Any, parents: jax.Array) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: int, beam_size: int):
-    """Returns (sid_rows ``[B, W]`` int32, -1 for dead beams; scores ``[B, W]``), best first."""
+def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: int, beam_size: int,
+                unroll: bool = False):
+    """Returns (sid_rows ``[B, W]`` int32, -1 for dead beams; scores ``[B, W]``), best first.
+
+    ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
+    counts (MFU) are taken from the unrolled program.
+    """
     num_levels, _, codebook_size = children.shape
     scores = jnp.full((batch_size, beam_size), DEAD).at[:, 0].set(0.0)
     prefixes = jnp.zeros((batch_size, beam_size), jnp.int32)
@@ -44,18 +49,7 @@ def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: 
                  codes.astype(jnp.int32), _gather_beams(cache, parents))
         return carry, None
 
-    (scores, sids, _, _), _ = jax.lax.scan(level_step, (scores, prefixes, previous, cache), jnp.arange(num_levels))
+    (scores, sids, _, _), _ = jax.lax.scan(level_step, (scores, prefixes, previous, cache), jnp.arange(num_levels),
+                                           unroll=num_levels if unroll else 1)
     alive = scores > DEAD / 2
     return jnp.where(alive, sids, -1), jnp.where(alive, scores, -jnp.inf)
-
-
-def sids_to_items(sid_rows: jax.Array, scores: jax.Array, sid_items: jax.Array, k: int):
-    """Expands ranked SID rows into a ranked item list ``[B, k]`` (-1 padded) with their SID scores.
-
-    Items that share a SID follow each other in the order of ``sid_items``.
-    """
-    batch = sid_rows.shape[0]
-    items = jnp.where(sid_rows[..., None] >= 0, sid_items[jnp.maximum(sid_rows, 0)], -1).reshape(batch, -1)
-    item_scores = jnp.repeat(scores, sid_items.shape[1], axis=1)
-    order = jnp.argsort(items < 0, axis=1, stable=True)[:, :k]  # valid items first, rank order kept
-    return jnp.take_along_axis(items, order, axis=1), jnp.take_along_axis(item_scores, order, axis=1)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -33,27 +36,37 @@ def per_user_metrics(ranks: np.ndarray, ks: Sequence[int], list_size: int) -> di
     return out
 
 
-def expand_sid_ranking(ranked_sids: np.ndarray, sid_items: list[np.ndarray], list_size: int) -> np.ndarray:
+def expand_sid_ranking(sid_rows, sid_items, list_size: int, scores=None):
     """Collision-aware item ranking: each ranked SID expands to every item that shares it.
 
-    ``ranked_sids`` ``[B, S]`` holds SID-row ids (-1 = empty); ``sid_items[s]`` lists the
-    items of SID row ``s`` in tie-break order. The expanded list is truncated to
-    ``list_size`` and padded with -1, so an item that shares its SID with others is
-    pushed down by them instead of being credited for the whole group.
+    ``sid_rows`` ``[B, S]`` holds SID-row ids (-1 = empty); ``sid_items`` ``[num_sids, M]``
+    lists the items of each SID row (-1 padded) in tie-break order. Items sharing a SID follow
+    each other, so an item that shares its SID is pushed down by the others instead of being
+    credited for the whole group. Returns items ``[B, list_size]`` (-1 padded) and, when
+    ``scores`` ``[B, S]`` is given, each item's SID score. Jittable.
     """
-    out = np.full((len(ranked_sids), list_size), -1, np.int64)
-    for b, row in enumerate(ranked_sids):
-        expanded = [sid_items[s] for s in row if s >= 0]
-        if expanded:
-            flat = np.concatenate(expanded)[:list_size]
-            out[b, :len(flat)] = flat
-    return out
+    sid_rows, sid_items = jnp.asarray(sid_rows), jnp.asarray(sid_items)
+    batch = sid_rows.shape[0]
+    items = jnp.where(sid_rows[..., None] >= 0, sid_items[jnp.maximum(sid_rows, 0)], -1).reshape(batch, -1)
+    if items.shape[1] < list_size:
+        items = jnp.pad(items, ((0, 0), (0, list_size - items.shape[1])), constant_values=-1)
+    order = jnp.argsort(items < 0, axis=1, stable=True)[:, :list_size]  # valid items first, rank order kept
+    ranked = jnp.take_along_axis(items, order, axis=1)
+    if scores is None:
+        return ranked
+    item_scores = jnp.repeat(jnp.asarray(scores), sid_items.shape[1], axis=1)
+    item_scores = jnp.pad(item_scores, ((0, 0), (0, items.shape[1] - item_scores.shape[1])),
+                          constant_values=-jnp.inf)
+    return ranked, jnp.take_along_axis(item_scores, order, axis=1)
 
 
 class MetricAccumulator:
     """Sums per-user metrics over batches; ``result()`` gives means over all users seen."""
 
     def __init__(self, ks: Sequence[int], list_size: int):
+        if max(ks) > list_size:
+            raise ValueError(f"eval.ks={tuple(ks)} asks for cut-offs beyond eval.list_size={list_size}; "
+                             f"raise eval.list_size to at least {max(ks)}")
         self.ks = tuple(ks)
         self.list_size = list_size
         self._sums: dict[str, float] = {}
@@ -68,6 +81,12 @@ class MetricAccumulator:
         self._count += int(keep.sum())
 
     def result(self) -> dict[str, float]:
-        if not self._count:
+        """Means over every user seen by every process (sums are all-gathered across hosts)."""
+        names = sorted(self._sums)
+        totals = np.array([self._sums[n] for n in names] + [self._count], np.float64)
+        if jax.process_count() > 1:
+            totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
+        count = int(totals[-1])
+        if not count:
             raise ValueError("no users were evaluated (empty evaluation split)")
-        return {name: total / self._count for name, total in self._sums.items()} | {"num_users": self._count}
+        return {name: float(total / count) for name, total in zip(names, totals[:-1])} | {"num_users": count}

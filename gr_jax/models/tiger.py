@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gr_jax.decoding.beam_search import beam_search, sids_to_items
+from gr_jax.decoding.beam_search import beam_search
 from gr_jax.decoding.trie import Trie, build_trie
+from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, RelativeBias, RMSNorm
 
@@ -150,6 +151,7 @@ class TigerRecommender:
         self.beam_size = model_config.beam_size
         self.children = jnp.asarray(self.trie.children)
         self.sid_items = jnp.asarray(self.trie.sid_items)
+        self.unroll_decoding = False  # True only to count FLOPs (see beam_search)
 
     def _inputs(self, batch):
         return self.codes[batch["history"]], batch["history_mask"], batch["user"]
@@ -178,8 +180,8 @@ class TigerRecommender:
         def step(caches, previous, level):
             return self.module.apply(variables, memories, mask, caches, previous, level, method=Tiger.decode_step)
 
-        return beam_search(step, caches, self.children, encoded.shape[0], beam_size)
+        return beam_search(step, caches, self.children, encoded.shape[0], beam_size, self.unroll_decoding)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:
         sids, scores = self.search(params, batch, max(self.beam_size, k))
-        return sids_to_items(sids, scores, self.sid_items, k)[0]
+        return expand_sid_ranking(sids, self.sid_items, k)

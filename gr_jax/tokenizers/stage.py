@@ -123,7 +123,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     if tok.name == "index_json":
         table = SIDTable.from_index_json(tok.index_json, dataset.items.keys)
         report = health.compute_health(table.codes, table.codebook_sizes)
-        info = {"imported": tok.index_json}
+        info = {"imported": tok.index_json, "note": "collision rates are those of the imported (final) SIDs"}
     else:
         fit = fit_tokenizer(input_embeddings(features, tok.input), tok)
         report = health.compute_health(fit.codes, fit.codebooks.shape[1], residual_energy=fit.residual_energy,

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "model")
@@ -41,6 +42,12 @@ def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a global array split along ``data`` (the inverse of ``shard_batch``)."""
+    local = multihost_utils.global_array_to_host_local_array(array, mesh, PartitionSpec("data"))
+    return np.asarray(local)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -97,8 +97,9 @@ def jit_train_step(model, optimizer, mesh, state_shardings):
 
 
 def jit_topk(model, mesh, params_shardings, k: int):
-    """``(params, batch) -> [B, k]`` top-k items with the batch split along ``data``."""
-    return jax.jit(lambda p, b: model.topk(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+    """``(params, local batch) -> [local B, k]`` numpy top-k items; the global batch is split along ``data``."""
+    topk = jax.jit(lambda p, b: model.topk(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+    return lambda params, batch: sharding.to_host_local(topk(params, sharding.shard_batch(batch, mesh)), mesh)
 
 
 def total_train_steps(train: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -165,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
     iterator = iter(data.to_iter_dataset())
     optimizer = make_optimizer(train_cfg, total_steps)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     with mesh_context(config) as mesh:
         state, shardings = create_state(model, optimizer, config, mesh, sharding.shard_batch(data[0], mesh),
                                         config.seed)
@@ -196,8 +197,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
             if step % train_cfg.log_every_steps == 0 or evaluate_now:
                 progress.flush(step)
             if evaluate_now:
-                valid = evaluate_split(lambda b: np.asarray(topk(state.params, sharding.shard_batch(b, mesh))),
-                                       interactions, "valid", config.data, config.eval)
+                valid = evaluate_split(lambda b: topk(state.params, b), interactions, "valid", config.data,
+                                       config.eval)
                 writer.write(step, {f"valid/{k}": v for k, v in valid.items() if k != "num_users"})
                 if valid[SELECT_METRIC] > loop["best"]:
                     loop.update(best=valid[SELECT_METRIC], bad_evals=0, best_step=step)
@@ -212,6 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
                     logging.info("Early stop: no valid %s improvement in %d evaluations.", SELECT_METRIC,
                                  loop["bad_evals"])
             if evaluate_now or (train_cfg.checkpoint_every_steps and step % train_cfg.checkpoint_every_steps == 0):
+                progress.flush(step)  # never checkpoint a state whose loss went non-finite
                 checkpoints.save_latest(step, state, {"iterator": iterator.get_state(), "loop": loop})
             if evaluate_now:
                 progress.restart(step)
@@ -219,7 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
         best_params = checkpoints.restore_best(state.params)
     checkpoints.close()
     writer.close()
-    curves = plot_training_curves(workdir, title=f"{config.name}: {config.model.name}")
+    curves = None if jax.process_index() else plot_training_curves(workdir, title=f"{config.name} on {config.data.name or config.data.format}")
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                "final_step": int(state.step), "best_step": loop["best_step"],
                f"best_valid_{SELECT_METRIC}": loop["best"], "stopped_early": stopped_early,

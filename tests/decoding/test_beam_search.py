@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gr_jax.decoding.beam_search import beam_search, sids_to_items
+from gr_jax.decoding.beam_search import beam_search
+from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.decoding.trie import build_trie
 from gr_jax.models.tiger import TigerRecommender
 from gr_jax.training import sharding
@@ -57,25 +58,29 @@ def test_beam_search_equals_exhaustive_scoring_of_every_valid_sid():
 
 def test_narrow_beams_return_only_valid_distinct_sids_even_when_invalid_codes_score_best():
     codes = catalog(seed=1)
+    codes[:, 0] %= 2  # first level uses codes {0, 1} only: codes 2 and 3 are invalid there
+    codes = np.unique(codes, axis=0)
     trie = build_trie(codes, K)
-    valid_first = set(codes[:, 0])
-    bad = [c for c in range(K) if c not in valid_first]
+    assert trie.children[0, 0, 2] < 0 and trie.children[0, 0, 3] < 0
 
-    def step(cache, previous, level):  # loves invalid codes
-        logits = jnp.zeros((2, 5, K)).at[..., jnp.array(bad or [0])].set(10.0 if bad else 0.0)
+    def step(cache, previous, level):  # loves codes 2 and 3 at every level
+        logits = jnp.zeros((2, 5, K)).at[..., 2:].set(10.0)
         return jax.nn.log_softmax(logits + jax.random.normal(jax.random.PRNGKey(level), (2, 5, K))), cache
 
     sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((2, 5)), jnp.asarray(trie.children), 2, 5))()
     sids = np.asarray(sids)
     assert np.all(sids >= 0) and np.all(np.isfinite(scores))
+    valid_sids = {tuple(c) for c in codes}
     for row in sids:
         assert len(set(row.tolist())) == len(row)
+        for sid in row:  # every returned row decodes to a SID that exists in the catalogue
+            assert tuple(codes[trie.sid_items[sid, 0]]) in valid_sids
     assert np.all(np.diff(np.asarray(scores), axis=1) <= 1e-6)
 
 
 def test_items_sharing_a_sid_are_all_returned_in_rank_order():
     sid_items = jnp.array([[0, 3], [1, -1], [2, -1]])
-    items, scores = sids_to_items(jnp.array([[1, 0, -1]]), jnp.array([[-0.5, -1.0, -jnp.inf]]), sid_items, 4)
+    items, scores = expand_sid_ranking(jnp.array([[1, 0, -1]]), sid_items, 4, jnp.array([[-0.5, -1.0, -jnp.inf]]))
     np.testing.assert_array_equal(items, [[1, 0, 3, -1]])
     np.testing.assert_allclose(scores[0, :3], [-0.5, -1.0, -1.0])
 

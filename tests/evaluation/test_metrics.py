@@ -66,10 +66,14 @@ def test_mrr_is_truncated_at_list_size():
 
 
 def test_miss_is_not_a_hit_for_k_beyond_the_list():
-    accumulator = MetricAccumulator(ks=(5, 10), list_size=5)
-    accumulator.add(RANKED, np.array([4]))  # 4 is not in the list
-    result = accumulator.result()
-    assert result["recall@10"] == 0.0 and result["ndcg@10"] == 0.0
+    ranks = target_ranks(RANKED, np.array([4]))  # 4 is not in the 5-item list: rank 5
+    values = per_user_metrics(ranks, (5, 10), list_size=5)
+    assert values["recall@10"][0] == 0.0 and values["ndcg@10"][0] == 0.0
+
+
+def test_accumulator_rejects_cutoffs_beyond_the_list():
+    with pytest.raises(ValueError, match="list_size"):
+        MetricAccumulator(ks=(5, 10), list_size=5)
 
 
 # ---------------------------------------------------------------- accumulator
@@ -115,7 +119,7 @@ def test_empty_accumulator_raises():
 
 # ---------------------------------------------------------------- SID expansion
 
-SID_ITEMS = [np.array([0]), np.array([1, 2, 3]), np.array([4]), np.array([5, 6])]
+SID_ITEMS = np.array([[0, -1, -1], [1, 2, 3], [4, -1, -1], [5, 6, -1]])  # SID row -> its items, -1 padded
 
 
 def test_shared_sid_pushes_later_items_down():
@@ -129,7 +133,6 @@ def test_shared_sid_pushes_later_items_down():
 def test_expansion_keeps_sid_order_and_tie_break_order():
     out = expand_sid_ranking(np.array([[1, 0, 3, 2]]), SID_ITEMS, list_size=10)
     np.testing.assert_array_equal(out, [[1, 2, 3, 0, 5, 6, 4, -1, -1, -1]])
-    assert out.dtype == np.int64
 
 
 def test_expansion_truncates_at_list_size():

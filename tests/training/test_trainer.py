@@ -83,20 +83,22 @@ def test_killed_run_resumes_from_the_last_checkpoint_with_the_same_batches(tmp_p
     process.wait()
     killed_at = max(int(p.name) for p in latest.glob("*") if p.name.isdigit())
     assert killed_at < 600, "the run finished before it could be killed"
-    subprocess.run(_cli(resumed), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    rerun = subprocess.run(_cli(resumed), cwd=REPO, env=env, check=True, capture_output=True, text=True,
+                           timeout=600)
+    assert f"Resumed from step {killed_at}" in rerun.stderr  # it continued, it did not start over
     want, got = _losses(reference), _losses(resumed)
     after = [s for s in range(killed_at + 1, 601)]
     np.testing.assert_allclose([got[s] for s in after], [want[s] for s in after], rtol=1e-5)
     assert json.load(open(resumed / "train" / "summary.json"))["final_step"] == 600
 
 
-class _NanAfter:
-    """Wraps a model so its loss turns NaN after a number of steps."""
+class _AlwaysNaN:
+    """Wraps a model so that its loss is NaN."""
 
     trainable = True
 
-    def __init__(self, model, after):
-        self.model, self.after = model, after
+    def __init__(self, model):
+        self.model = model
 
     def init(self, rng, batch):
         return self.model.init(rng, batch)
@@ -116,7 +118,7 @@ def test_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
     config = sasrec.get_config("tiny")
     ctx = stages.Context(config=config, workdir=str(tmp_path))
     stages.run_data(ctx)
-    model = _NanAfter(stages._model(ctx), after=0)
+    model = _AlwaysNaN(stages._model(ctx))
     with pytest.raises(trainer.NonFiniteError, match="learning_rate"):
         trainer.train(config, str(tmp_path / "train"), model, ctx.dataset.users)
 

@@ -106,7 +106,7 @@ class SelfAttention(nn.Module):
         k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k[:, :, None], position, axis=2)
         v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v[:, :, None], position, axis=2)
         logits = jnp.einsum("bwhd,bwthd->bwht", q, k_cache) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-        logits = logits + bias  # [1, H, 1, T] -> broadcast over (B, W)
+        logits = logits + bias  # [1, 1, H, T] -> broadcast over (B, W)
         valid = jnp.arange(k_cache.shape[2]) <= position
         logits = jnp.where(valid, logits, NEG_INF)
         y = jnp.einsum("bwht,bwthd->bwhd", jax.nn.softmax(logits, -1), v_cache)
