@@ -46,7 +46,7 @@ def main():
     device_batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches[:args.train_steps]]
     params = model.init(jax.random.PRNGKey(0), device_batches[0])
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jax.random.PRNGKey(1))
-    step = make_train_step(model, optimizer)
+    step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
     state, _ = step(state, device_batches[0])
     jax.block_until_ready(state)
     tic = time.perf_counter()

@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "scientific"))
     parser.add_argument("--name", default="Scientific")
     parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="encode runs in all; those after the first are warm")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

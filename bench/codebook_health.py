@@ -1,6 +1,6 @@
 """Codebook health of RQ-VAE and RQ-KMeans (Euclidean / tangent, plain / balanced) on Scientific MiniLM text.
 
-    python bench/tokenizers.py [--data_dir ../shared/data/scientific]
+    python bench/codebook_health.py [--data_dir ../shared/data/scientific]
 
 Prints one JSON line per tokenizer: per-level usage, perplexity, energy ratio, hubness
 (coefficient of variation and skewness of items per code, largest code share), collision
