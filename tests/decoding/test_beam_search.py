@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from configs import tiger as tiger_config
 from gr_jax.decoding.beam_search import beam_search
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.decoding.trie import build_trie
@@ -16,9 +17,9 @@ K = 4
 
 
 def tiger(codes, beam_size):
-    config = ml_collections.ConfigDict(dict(num_user_buckets=10, embed_dim=16, num_encoder_layers=1,
-                                            num_decoder_layers=2, num_heads=2, head_dim=8, mlp_dim=32, dropout=0.0,
-                                            item_level_history=False, beam_size=beam_size))
+    config = tiger_config.model_config()
+    config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
+                  head_dim=8, mlp_dim=32, dropout=0.0, beam_size=beam_size)
     return TigerRecommender(config, codes, K)
 
 

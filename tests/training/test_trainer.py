@@ -8,11 +8,11 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import sasrec
+from configs import tiger as tiger_config
 from gr_jax.data.pipeline import train_dataset
 from gr_jax.data.synthetic import SyntheticConfig, generate
 from gr_jax.models.tiger import TigerRecommender
@@ -25,9 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def tiger_losses(mesh_shape, steps=20):
     dataset, _ = generate(SyntheticConfig(num_users=150, num_items=100, branching=(3, 3, 2)))
     codes = np.random.default_rng(0).integers(0, 16, (dataset.num_items, 4))
-    model_cfg = ml_collections.ConfigDict(dict(num_user_buckets=50, embed_dim=32, num_encoder_layers=2,
-                                               num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
-                                               dropout=0.1, item_level_history=False, beam_size=4))
+    model_cfg = tiger_config.model_config()
+    model_cfg.update(num_user_buckets=50, embed_dim=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=4,
+                     head_dim=8, mlp_dim=64, dropout=0.1, beam_size=4)
     model = TigerRecommender(model_cfg, codes, 16)
     config = sasrec.get_config("tiny")
     config.mesh.data, config.mesh.model = mesh_shape
