@@ -82,7 +82,7 @@ class MetricAccumulator:
 
     def result(self) -> dict[str, float]:
         """Means over every user seen by every process (sums are all-gathered across hosts)."""
-        names = sorted(self._sums)
+        names = list(self._sums)  # same insertion order on every process
         totals = np.array([self._sums[n] for n in names] + [self._count], np.float64)
         if jax.process_count() > 1:
             totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
