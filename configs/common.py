@@ -51,6 +51,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.list_size = 20  # ranked list length; mrr is truncated here
     c.batch_size = 256
     c.splits = "valid,test"
+    c.tail_fraction = 0.5  # > 0: also report head/tail rows (tail = this fraction of least-frequent items)
     return c
 
 

@@ -131,12 +131,12 @@ def _evaluate(ctx: Context) -> dict[str, dict]:
         if not ctx.fitted:
             model.fit(users)
             ctx.fitted = True
-        return evaluate(lambda batch: model.topk(batch, size), users, ctx.config)
+        return evaluate(lambda batch: model.topk(batch, size), users, ctx.config, _dataset(ctx).num_items)
     if ctx.params is None:
         ctx.params = trainer.restore_best_params(os.path.join(ctx.workdir, "train"), model, users, ctx.config)
     with trainer.mesh_context(ctx.config) as mesh:
         topk = trainer.jit_topk(model, mesh, None, size)
-        return evaluate(lambda batch: topk(ctx.params, batch), users, ctx.config)
+        return evaluate(lambda batch: topk(ctx.params, batch), users, ctx.config, _dataset(ctx).num_items)
 
 
 def run_eval(ctx: Context) -> None:

@@ -80,13 +80,17 @@ class MetricAccumulator:
             self._sums[name] = self._sums.get(name, 0.0) + float(values[keep].sum())
         self._count += int(keep.sum())
 
-    def result(self) -> dict[str, float]:
-        """Means over every user seen by every process (sums are all-gathered across hosts)."""
+    def result(self, allow_empty: bool = False) -> dict[str, float]:
+        """Means over every user seen by every process (sums are all-gathered across hosts).
+
+        An empty accumulator raises unless ``allow_empty``, which gives zeros and ``num_users=0``."""
         names = list(self._sums)  # same insertion order on every process
         totals = np.array([self._sums[n] for n in names] + [self._count], np.float64)
         if jax.process_count() > 1:
             totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
         count = int(totals[-1])
+        if not count and allow_empty:
+            return {name: 0.0 for name in names} | {"num_users": 0}
         if not count:
             raise ValueError("no users were evaluated (empty evaluation split)")
         return {name: float(total / count) for name, total in zip(names, totals[:-1])} | {"num_users": count}

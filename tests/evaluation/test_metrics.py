@@ -168,7 +168,8 @@ def _topk_ranking_target_at_user_rank(batch: dict) -> np.ndarray:
 def _config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict({"max_history": 3})
-    c.eval = ml_collections.ConfigDict({"ks": (1, 3), "list_size": 4, "batch_size": 2, "splits": "valid, test"})
+    c.eval = ml_collections.ConfigDict({"ks": (1, 3), "list_size": 4, "batch_size": 2, "splits": "valid, test",
+                                       "tail_fraction": 0.0})
     return c
 
 
@@ -195,6 +196,26 @@ def test_evaluate_runs_every_configured_split():
     assert list(results) == ["valid", "test"]
     assert results["valid"] == results["test"]
     assert seen == {100, 101, 102, 103, 104, 200, 201, 202, 203, 204}
+
+
+def test_tail_items_are_the_least_frequent_fraction():
+    # Training counts: item 0 x3, item 1 x1, item 2 x2, items 3-4 never (the last two events of
+    # each user are valid/test and do not count).
+    users = Interactions.from_lists(["a", "b"], [[0, 0, 1, 3, 4], [0, 2, 2, 4, 3]])
+    assert evaluator.tail_items(users, 5, 0.4).tolist() == [False, False, False, True, True]
+    assert evaluator.tail_items(users, 5, 0.6).tolist() == [False, True, False, True, True]
+
+
+def test_evaluate_splits_users_by_target_popularity():
+    # Every target has training count 0; the 102 least frequent of 205 items (ties by id) are
+    # items 5-49 and 55-111, so the valid targets (100-104) are tail and the test targets (200-204) head.
+    config = _config()
+    config.eval.tail_fraction = 0.5
+    results = evaluator.evaluate(_topk_ranking_target_at_user_rank, _users(), config, num_items=205)
+    assert list(results) == ["valid", "valid/head", "valid/tail", "test", "test/head", "test/tail"]
+    assert results["valid/tail"] == results["valid"] and results["valid/head"]["num_users"] == 0
+    assert results["test/head"] == results["test"] and results["test/tail"]["num_users"] == 0
+    assert "valid/tail" in evaluator.format_table(results)
 
 
 def test_format_table_lists_metric_names_and_values():
