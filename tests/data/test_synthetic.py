@@ -176,3 +176,15 @@ def test_text(default):
     for texts in (items.title, items.description):  # text hints at the leaf, but only partly
         mentions = np.mean([bool(w & set(t.lower().rstrip(".").split())) for w, t in zip(leaf_words, texts) if t])
         assert 0.4 < mentions < 0.95
+
+
+def test_long_tail_collaborative_signal_is_noisier(default):
+    # PRISM's premise (ACD): interaction-based embeddings of rare items are less reliable. Noise
+    # events pick items uniformly, so they make up a larger share of a tail item's few interactions.
+    dataset, truth, _ = default
+    items = dataset.users.items
+    counts = np.bincount(items, minlength=dataset.num_items)
+    tail = counts <= np.median(counts)
+    noise = truth.event_kind == EVENT_NOISE
+    tail_events = tail[items]
+    assert noise[tail_events].mean() > 3 * noise[~tail_events].mean()
