@@ -23,12 +23,17 @@ def test_sasrec_tiny_pipeline_writes_metrics_and_summaries(tmp_path):
     config = sasrec.get_config("tiny")
     stages.run(config, str(tmp_path))
     metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert set(metrics) == {"valid", "test"}
-    for split in metrics.values():
+    assert list(metrics) == ["valid", "valid/head", "valid/tail", "test", "test/head", "test/tail"]
+    for name, split in metrics.items():
         assert METRICS <= set(split)
         assert 0.0 <= split["ndcg@10"] <= split["recall@10"] <= 1.0
         assert split["recall@5"] <= split["recall@10"]
-        assert split["num_users"] == 150
+    for split in ("valid", "test"):
+        assert metrics[split]["num_users"] == 150
+        head, tail = metrics[f"{split}/head"], metrics[f"{split}/tail"]
+        assert head["num_users"] + tail["num_users"] == 150
+        weighted = (head["recall@10"] * head["num_users"] + tail["recall@10"] * tail["num_users"]) / 150
+        assert weighted == pytest.approx(metrics[split]["recall@10"])
     for stage in ("data", "train", "eval"):
         assert (tmp_path / stage / "summary.json").exists()
     train = json.load(open(tmp_path / "train" / "summary.json"))
