@@ -5,18 +5,22 @@ import dataclasses
 import ml_collections
 
 from gr_jax.tokenizers.health import HealthThresholds
+from gr_jax.tokenizers.prism_quantizer import PrismConfig
 from gr_jax.tokenizers.rq_kmeans import RQKMeansConfig
 from gr_jax.tokenizers.rq_vae import RQVAEConfig
 
 
 def tokenizer_config(name: str = "rq_vae", embeddings: str = "text") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.name = name  # rq_vae | rq_kmeans | index_json
-    c.input = embeddings  # text | cf | text+cf (features stage outputs)
+    c.name = name  # rq_vae | rq_kmeans | prism | index_json
+    c.input = embeddings  # text | cf | text+cf (features stage outputs); prism always reads text and cf
     c.collisions = "dedup_digit"  # dedup_digit (extra digit) | reassign (min-cost last level) | none
     c.index_json = ""  # tokenizer.name=index_json: an LC-Rec NAME.index.json to import
     c.rq_vae = ml_collections.ConfigDict(dataclasses.asdict(RQVAEConfig()))
     c.rq_kmeans = ml_collections.ConfigDict(dataclasses.asdict(RQKMeansConfig()))
+    # PRISM's purified semantic quantizer (ACD gate + HSA anchors; every knob, paper defaults). Ablations:
+    # --config.tokenizer.prism.acd=False / .hsa=False; λ_ACD = prism.acd_weight, λ_HSA = prism.hsa_weight.
+    c.prism = ml_collections.ConfigDict(dataclasses.asdict(PrismConfig()))
     c.health = ml_collections.ConfigDict(
         {k: (-1.0 if v is None else float(v)) for k, v in dataclasses.asdict(HealthThresholds()).items()})
     c.health.enforce = True  # fail the stage when a limit is violated (a negative limit disables it)
@@ -32,6 +36,12 @@ def shrink_for_tiny(c: ml_collections.ConfigDict) -> None:
     c.rq_vae.hidden_dims = (64, 32)
     c.rq_vae.code_dim = 8
     c.rq_kmeans.codebook_size = 16
+    c.prism.codebook_size = 16
+    c.prism.num_epochs = 150
+    c.prism.batch_size = 64
+    c.prism.reset_every = 10
+    c.prism.hidden_dims = (64, 32)
+    c.prism.code_dim = 8
     c.health.min_usage = 0.5
     c.health.max_energy_ratio = -1.0
     c.health.max_collision_rate = -1.0

@@ -100,8 +100,10 @@ def _sid_table(ctx: Context):
 
 def _model(ctx: Context):
     if ctx.model is None:
-        needs_sids = ctx.config.model.name in registry.SID_MODELS
-        ctx.model = registry.build(ctx.config, _dataset(ctx).num_items, _sid_table(ctx) if needs_sids else None)
+        name = ctx.config.model.name
+        ctx.model = registry.build(ctx.config, _dataset(ctx).num_items,
+                                   _sid_table(ctx) if name in registry.SID_MODELS else None,
+                                   _features(ctx) if name in registry.FEATURE_MODELS else None)
     return ctx.model
 
 

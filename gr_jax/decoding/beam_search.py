@@ -25,10 +25,12 @@ def _gather_beams(tree: Any, parents: jax.Array) -> Any:
 
 
 def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: int, beam_size: int,
-                unroll: bool = False):
+                unroll: bool = False, temperatures: jax.Array | None = None):
     """Returns (sid_rows ``[B, W]`` int32, -1 for dead beams; scores ``[B, W]``), best first.
 
-    ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
+    ``temperatures`` ``[L, K + 1]`` (optional): a beam's level-``l`` distribution becomes
+    ``softmax(log_probs / temperatures[l, n])``, ``n`` = valid children of its prefix (PRISM's
+    ATS applied at decoding as in training). ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
     counts (MFU) are taken from the unrolled program.
     """
     num_levels, _, codebook_size = children.shape
@@ -40,6 +42,9 @@ def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: 
         scores, prefixes, previous, cache = carry
         log_probs, cache = step_fn(cache, previous, level)
         kids = children[level][prefixes]  # [B, W, K]
+        if temperatures is not None:
+            tau = temperatures[level][(kids >= 0).sum(-1)]  # [B, W]
+            log_probs = jax.nn.log_softmax(log_probs / tau[..., None], -1)
         candidates = jnp.where((kids >= 0) & (scores[..., None] > DEAD / 2), scores[..., None] + log_probs, DEAD)
         top_scores, flat = jax.lax.top_k(candidates.reshape(batch_size, -1), beam_size)
         parents, codes = flat // codebook_size, flat % codebook_size

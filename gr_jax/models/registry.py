@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from gr_jax.models import baselines, sasrec, tiger
+from gr_jax.models import baselines, prism, sasrec, tiger
 
-MODELS = ("popularity", "cooccurrence", "sasrec", "tiger")
-SID_MODELS = ("tiger",)  # models that generate semantic IDs (need the tokenize stage)
+MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism")
+SID_MODELS = ("tiger", "prism")  # models that generate semantic IDs (need the tokenize stage)
+FEATURE_MODELS = ("prism",)  # models that read item features (need the features stage)
 
 
-def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None):
+def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None, features=None):
+    """``features``: a ``gr_jax.features.Features`` (models in ``FEATURE_MODELS``)."""
     name = config.model.name
     if name in ("popularity", "cooccurrence"):
         return baselines.build(config.model, num_items)
@@ -20,4 +22,14 @@ def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None):
         if sid_table is None:
             raise ValueError("model 'tiger' needs a SID table: add the tokenize stage to config.stages")
         return tiger.TigerRecommender(config.model, sid_table.codes, max(sid_table.codebook_sizes))
+    if name == "prism":
+        if sid_table is None:
+            raise ValueError("model 'prism' needs a SID table: add the tokenize stage to config.stages")
+        text = cf = None
+        if config.model.dsi:
+            if features is None:
+                raise ValueError("model 'prism' with model.dsi needs item features: add the features stage to "
+                                 "config.stages (with features.text and features.cf enabled)")
+            text, cf = features.get("text"), features.get("cf")
+        return prism.PrismRecommender(config.model, sid_table, text, cf)
     raise ValueError(f"config.model.name={name!r}; expected one of {MODELS}")

@@ -68,17 +68,26 @@ class Tiger(nn.Module):
         """Token ids of ``codes [..., L]``."""
         return self.code_offset + jnp.arange(self.num_levels) * self.codebook_size + codes
 
-    def encode(self, history_codes, history_mask, user, train: bool = False):
+    def history_token_embeddings(self, history_codes, history_mask, history_features=None, train: bool = False):
+        """Embedding ``[B, H, L, d]`` of every history code (PAD for padded items).
+
+        The hook where subclasses mix item features into the encoder input (PRISM's DSI);
+        ``history_features`` is whatever their recommender passes (TIGER ignores it).
+        """
+        del history_features, train
+        return self.embed(jnp.where(history_mask[..., None], self.code_tokens(history_codes), PAD))
+
+    def encode(self, history_codes, history_mask, user, train: bool = False, history_features=None):
         """Encoder states ``[B, T, d]`` and mask ``[B, T]`` for histories of SID codes ``[B, H, L]``."""
         batch = history_codes.shape[0]
         user_tokens = hash_user(user, self.num_user_buckets)[:, None]
+        codes = self.history_token_embeddings(history_codes, history_mask, history_features, train)
         if self.item_level_history:
-            items = self.embed(self.code_tokens(history_codes)).sum(-2) * history_mask[..., None]
-            x = jnp.concatenate([self.embed(user_tokens), items], axis=1)
+            history = codes.sum(-2) * history_mask[..., None]
         else:
-            tokens = jnp.where(history_mask[..., None], self.code_tokens(history_codes), PAD).reshape(batch, -1)
-            x = self.embed(jnp.concatenate([user_tokens, tokens], axis=1))
+            history = codes.reshape(batch, -1, codes.shape[-1])
             history_mask = jnp.repeat(history_mask, self.num_levels, axis=1)
+        x = jnp.concatenate([self.embed(user_tokens), history], axis=1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), history_mask], axis=1)
         x = nn.with_logical_constraint(self.drop(x, deterministic=not train), ("batch", "seq", "embed"))
         positions = jnp.arange(x.shape[1])
@@ -88,8 +97,8 @@ class Tiger(nn.Module):
             x = layer(x, bias, attention_mask, train)
         return self.drop(self.encoder_norm(x), deterministic=not train), mask
 
-    def decode(self, encoded, mask, target_codes, train: bool = False):
-        """Teacher-forced logits ``[B, L, K]`` for target SIDs ``[B, L]``."""
+    def decode_states(self, encoded, mask, target_codes, train: bool = False):
+        """Teacher-forced final decoder states ``[B, L, d]`` (position l predicts code l)."""
         inputs = jnp.concatenate([jnp.full(target_codes.shape[:1] + (1,), BOS),
                                   self.code_tokens(target_codes)[:, :-1]], axis=1)
         x = self.drop(self.embed(inputs), deterministic=not train)
@@ -98,9 +107,16 @@ class Tiger(nn.Module):
         causal = jnp.tril(jnp.ones((self.num_levels, self.num_levels), bool))[None, None]
         for layer in self.decoder_layers:
             x = layer(x, bias, causal, layer.memory(encoded), mask, train)
-        h = self.drop(self.decoder_norm(x), deterministic=not train) * self.embed_dim ** -0.5
+        return self.drop(self.decoder_norm(x), deterministic=not train)
+
+    def code_logits(self, states):
+        """Logits ``[B, L, K]`` of decoder states over each level's codes (tied to the code embeddings)."""
         table = self.embed.embedding[self.code_offset:].reshape(self.num_levels, self.codebook_size, -1)
-        return jnp.einsum("bld,lkd->blk", h, table)
+        return jnp.einsum("bld,lkd->blk", states * self.embed_dim ** -0.5, table)
+
+    def decode(self, encoded, mask, target_codes, train: bool = False):
+        """Teacher-forced logits ``[B, L, K]`` for target SIDs ``[B, L]``."""
+        return self.code_logits(self.decode_states(encoded, mask, target_codes, train))
 
     def init_decoding(self, encoded, mask, beam_size: int):
         """Per-layer cross-attention memory (shared by the beams) and empty self-attention caches."""
@@ -126,61 +142,88 @@ class Tiger(nn.Module):
         logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(table, level, axis=0))
         return jax.nn.log_softmax(logits, -1), new_caches
 
-    def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False):
-        encoded, mask = self.encode(history_codes, history_mask, user, train)
+    def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None):
+        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
         return self.decode(encoded, mask, target_codes, train)
 
 
+def module_kwargs(model: ml_collections.ConfigDict) -> dict:
+    """The ``Tiger`` fields set from ``config.model`` (shared by models built on TIGER)."""
+    return dict(num_user_buckets=model.num_user_buckets, embed_dim=model.embed_dim,
+                num_encoder_layers=model.num_encoder_layers, num_decoder_layers=model.num_decoder_layers,
+                num_heads=model.num_heads, head_dim=model.head_dim, mlp_dim=model.mlp_dim, dropout=model.dropout,
+                dropout_impl=model.dropout_impl, item_level_history=model.item_level_history)
+
+
 def build(model: ml_collections.ConfigDict, num_levels: int, codebook_size: int) -> Tiger:
-    return Tiger(num_levels=num_levels, codebook_size=codebook_size, num_user_buckets=model.num_user_buckets,
-                 embed_dim=model.embed_dim, num_encoder_layers=model.num_encoder_layers,
-                 num_decoder_layers=model.num_decoder_layers, num_heads=model.num_heads, head_dim=model.head_dim,
-                 mlp_dim=model.mlp_dim, dropout=model.dropout, dropout_impl=model.dropout_impl,
-                 item_level_history=model.item_level_history)
+    return Tiger(num_levels=num_levels, codebook_size=codebook_size, **module_kwargs(model))
 
 
 class TigerRecommender:
-    """TIGER behind the trainer's model interface, over a fixed SID table ``codes [num_items, L]``."""
+    """TIGER behind the trainer's model interface, over a fixed SID table ``codes [num_items, L]``.
+
+    Subclasses (PRISM) override ``build_module`` and ``_inputs`` (extra module inputs) and ``loss``.
+    """
 
     trainable = True
 
     def __init__(self, model_config: ml_collections.ConfigDict, codes: np.ndarray, codebook_size: int):
         self.codes = jnp.asarray(codes, jnp.int32)
         self.trie: Trie = build_trie(codes, codebook_size)
-        self.module = build(model_config, codes.shape[1], codebook_size)
+        self.module = self.build_module(model_config, codes.shape[1], codebook_size)
         self.beam_size = model_config.beam_size
         self.children = jnp.asarray(self.trie.children)
         self.sid_items = jnp.asarray(self.trie.sid_items)
         self.unroll_decoding = False  # True only to count FLOPs (see beam_search)
+        self.decode_temperatures = None  # [L, K + 1] per-level, per-child-count temperatures (PRISM ATS)
 
-    def _inputs(self, batch):
-        return self.codes[batch["history"]], batch["history_mask"], batch["user"]
+    def build_module(self, model_config: ml_collections.ConfigDict, num_levels: int, codebook_size: int) -> Tiger:
+        return build(model_config, num_levels, codebook_size)
+
+    def _inputs(self, batch) -> dict:
+        """Keyword inputs of ``Tiger.encode`` / ``__call__`` for a batch (besides targets and ``train``)."""
+        return {"history_codes": self.codes[batch["history"]], "history_mask": batch["history_mask"],
+                "user": batch["user"]}
 
     def init(self, rng: jax.Array, batch: dict):
-        return self.module.init(rng, *self._inputs(batch), self.codes[batch["target"]])["params"]
+        return self.module.init(rng, **self._inputs(batch), target_codes=self.codes[batch["target"]])["params"]
+
+    @staticmethod
+    def token_nll(logits, target):
+        """Per-level negative log-likelihood ``[B, L]`` of ``target [B, L]`` under ``logits [B, L, K]``."""
+        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
 
     def loss(self, params, batch: dict, rng: jax.Array):
         target = self.codes[batch["target"]]
-        logits = self.module.apply({"params": params}, *self._inputs(batch), target, True, rngs={"dropout": rng})
-        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
-        return nll.sum(-1).mean(), {}
+        logits = self.module.apply({"params": params}, **self._inputs(batch), target_codes=target, train=True,
+                                   rngs={"dropout": rng})
+        return self.token_nll(logits, target).sum(-1).mean(), {}
 
     def sequence_log_probs(self, params, batch: dict, codes: jax.Array) -> jax.Array:
-        """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference)."""
-        logits = self.module.apply({"params": params}, *self._inputs(batch), codes)
+        """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference),
+        under the decoding temperatures when they are set, as the beam search scores them."""
+        logits = self.module.apply({"params": params}, **self._inputs(batch), target_codes=codes)
+        if self.decode_temperatures is not None:
+            prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
+            for level in range(codes.shape[1]):
+                kids = self.children[level][prefix]
+                taus.append(self.decode_temperatures[level][(kids >= 0).sum(-1)])
+                prefix = jnp.maximum(jnp.take_along_axis(kids, codes[:, level:level + 1], 1)[:, 0], 0)
+            logits = jax.nn.log_softmax(logits, -1) / jnp.stack(taus, 1)[..., None]
         log_probs = jax.nn.log_softmax(logits, -1)
         return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0].sum(-1)
 
     def search(self, params, batch: dict, beam_size: int):
         """Beam search: (SID rows ``[B, W]``, scores ``[B, W]``), best first."""
         variables = {"params": params}
-        encoded, mask = self.module.apply(variables, *self._inputs(batch), method=Tiger.encode)
+        encoded, mask = self.module.apply(variables, **self._inputs(batch), method=Tiger.encode)
         memories, caches = self.module.apply(variables, encoded, mask, beam_size, method=Tiger.init_decoding)
 
         def step(caches, previous, level):
             return self.module.apply(variables, memories, mask, caches, previous, level, method=Tiger.decode_step)
 
-        return beam_search(step, caches, self.children, encoded.shape[0], beam_size, self.unroll_decoding)
+        return beam_search(step, caches, self.children, encoded.shape[0], beam_size, self.unroll_decoding,
+                           self.decode_temperatures)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:
         sids, scores = self.search(params, batch, max(self.beam_size, k))

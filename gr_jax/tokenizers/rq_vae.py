@@ -14,7 +14,12 @@ contract -- ``__call__(x, aux, train)`` returns a dict with at least ``loss`` an
 quantizer's outputs (``codes``, ``residuals``, ``distances``, ``level_losses``; its scalar
 entries are logged); ``latent(x, aux)`` and ``quantize(x, aux)`` methods; codebooks at
 ``params["quantizer"]["codebooks"]`` -- plus per-item ``aux`` arrays batched alongside
-``x`` and an ``extra_loss_fn(params, batch_aux, outputs) -> (loss, metrics)``.
+``x`` and an ``extra_loss_fn(params, batch_aux, outputs) -> (loss, metrics)``. A module may also
+keep non-parameter variable collections (e.g. an EMA of soft assignments, or fixed tables that
+are not trained): they are created by ``module.init``, may be overridden through
+``fit_rq_vae(variables=...)``, are passed to every ``apply`` and, in training, are marked
+mutable so that what the module writes to them is carried to the next step. A module without
+such collections (the plain RQ-VAE) trains exactly as before.
 """
 
 from __future__ import annotations
@@ -260,6 +265,7 @@ class TrainState:
     opt_state: Any
     usage: jax.Array  # [L, K] code counts since the last dead-code reset
     rng: jax.Array
+    collections: Any = flax.struct.field(default_factory=dict)  # non-"params" variable collections
 
 
 @dataclasses.dataclass
@@ -270,6 +276,7 @@ class RQVAEResult:
     loss_history: list[dict[str, float]]
     latents: np.ndarray  # [N, code_dim]
     residual_norms: np.ndarray  # [L + 1]: mean ||r_l|| entering each level, then the final error
+    collections: dict = dataclasses.field(default_factory=dict)  # final non-"params" collections
 
 
 @functools.lru_cache(maxsize=None)
@@ -316,19 +323,28 @@ def _reset_dead_codes(params: Params, usage: jax.Array, residuals: jax.Array, st
 def train_step(state: TrainState, x: jax.Array, aux: Mapping[str, jax.Array], *, module: nn.Module,
                tx: optax.GradientTransformation, reset_every: int,
                extra_loss_fn: ExtraLossFn | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step, usage accounting and (every ``reset_every`` steps) dead-code reset."""
+    """One optimizer step, usage accounting and (every ``reset_every`` steps) dead-code reset.
+
+    Non-parameter collections in ``state.collections`` are passed to the module as mutable;
+    their updated values (e.g. an EMA the module maintains) go into the new state."""
+    mutable = sorted(state.collections)
 
     def loss_fn(params, dropout_key):
-        outputs = module.apply({"params": params}, x, aux, train=True, rngs={"dropout": dropout_key})
+        variables = {"params": params} | dict(state.collections)
+        if mutable:
+            outputs, collections = module.apply(variables, x, aux, train=True, rngs={"dropout": dropout_key},
+                                                mutable=mutable)
+        else:
+            outputs, collections = module.apply(variables, x, aux, train=True, rngs={"dropout": dropout_key}), {}
         loss, metrics = outputs["loss"], _batch_metrics(outputs)
         if extra_loss_fn is not None:
             extra, extra_metrics = extra_loss_fn(params, aux, outputs)
             loss = loss + extra
             metrics = metrics | extra_metrics | {"extra_loss": extra, "total_loss": loss}
-        return loss, (outputs, metrics)
+        return loss, (outputs, metrics, collections)
 
     rng, dropout_key, reset_key = jax.random.split(state.rng, 3)
-    grads, (outputs, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, dropout_key)
+    grads, (outputs, metrics, collections) = jax.grad(loss_fn, has_aux=True)(state.params, dropout_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     codes = outputs["codes"]
@@ -336,18 +352,42 @@ def train_step(state: TrainState, x: jax.Array, aux: Mapping[str, jax.Array], *,
     if reset_every > 0:
         params, usage = _reset_dead_codes(params, usage, outputs["residuals"], state.step + 1, reset_key,
                                           reset_every)
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, usage=usage, rng=rng)
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, usage=usage, rng=rng,
+                     collections=dict(collections))
     return new, metrics
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _init_variables(module: nn.Module, key: jax.Array, x: jax.Array, aux: Mapping[str, jax.Array]) -> dict:
+    return dict(module.init({"params": key}, x, aux))
+
+
 def _init(module: nn.Module, key: jax.Array, x: jax.Array, aux: Mapping[str, jax.Array]) -> Params:
-    return module.init({"params": key}, x, aux)["params"]
+    return _init_variables(module, key, x, aux)["params"]
+
+
+def init_collections(module: nn.Module, x: np.ndarray, aux: Mapping[str, np.ndarray],
+                     overrides: Mapping[str, Any] | None = None) -> dict:
+    """The module's non-"params" variable collections as ``init`` creates them, with the leaves
+    given in ``overrides`` (same nesting, e.g. ``{"constants": {"anchors": {"tags_l0": array}}}``)
+    replacing the initial values; an override naming a variable the module lacks, or of another
+    shape, is an error."""
+    variables = _init_variables(module, jax.random.PRNGKey(0), x[:2], _take(aux, np.arange(2)))
+    flat = flax.traverse_util.flatten_dict({k: v for k, v in variables.items() if k != "params"})
+    for path, value in flax.traverse_util.flatten_dict(dict(overrides or {})).items():
+        if path not in flat:
+            raise ValueError(f"variables override {'/'.join(path)!r} names no variable of the module")
+        if tuple(np.shape(value)) != tuple(flat[path].shape):
+            raise ValueError(f"variables override {'/'.join(path)!r} has shape {np.shape(value)}, "
+                             f"the module's has {tuple(flat[path].shape)}")
+        flat[path] = jnp.asarray(value, flat[path].dtype)
+    return flax.traverse_util.unflatten_dict(flat) if flat else {}
 
 
 @functools.partial(jax.jit, static_argnames=("module", "method"))
-def _apply(params: Params, x: jax.Array, aux: Mapping[str, jax.Array], *, module: nn.Module, method: str):
-    return module.apply({"params": params}, x, aux, method=method)
+def _apply(params: Params, x: jax.Array, aux: Mapping[str, jax.Array], *, module: nn.Module, method: str,
+           collections: Mapping[str, Any] | None = None):
+    return module.apply({"params": params} | dict(collections or {}), x, aux, method=method)
 
 
 def _take(aux: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -355,14 +395,15 @@ def _take(aux: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndar
 
 
 def init_params(module: nn.Module, config: RQVAEConfig, x: np.ndarray, aux: Mapping[str, np.ndarray],
-                key: jax.Array, rng: np.random.Generator) -> Params:
+                key: jax.Array, rng: np.random.Generator, *, collections: Mapping[str, Any] | None = None) -> Params:
     """Random init, then (if ``config.kmeans_init``) residual k-means codebooks computed on the
-    encoder outputs of a random ``kmeans_init_samples``-item first batch."""
+    encoder outputs of a random ``kmeans_init_samples``-item first batch (``collections``: the
+    module's non-"params" variables, if its ``latent`` reads any)."""
     params = _init(module, key, x[:2], _take(aux, np.arange(2)))
     if not config.kmeans_init:
         return params
     index = rng.permutation(len(x))[:config.kmeans_init_samples]
-    z = _apply(params, x[index], _take(aux, index), module=module, method="latent")
+    z = _apply(params, x[index], _take(aux, index), module=module, method="latent", collections=collections)
     codebooks = residual_kmeans(np.asarray(z), config.num_levels, config.codebook_size, rng,
                                 config.kmeans_iters)
     return with_codebooks(params, codebooks)
@@ -377,13 +418,16 @@ def _log(step: int, total: int, metrics: dict[str, float], tic: float) -> None:
 
 def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn.Module | None = None,
                aux: Mapping[str, np.ndarray] | None = None, extra_loss_fn: ExtraLossFn | None = None,
-               init: Params | None = None, log_every: int = 100) -> RQVAEResult:
+               init: Params | None = None, variables: Mapping[str, Any] | None = None,
+               log_every: int = 100) -> RQVAEResult:
     """Train an RQ-VAE on item embeddings ``x [N, D]`` and tokenize every item.
 
     ``module`` defaults to ``build_rq_vae(config, D)``; ``aux`` holds per-item arrays
     (leading dim ``N``) batched alongside ``x`` and passed to the module and to
     ``extra_loss_fn(params, batch_aux, outputs)``, whose loss is added to ``outputs["loss"]``.
-    ``init`` starts from given params (copied; no k-means init). Minibatches of
+    ``init`` starts from given params (copied; no k-means init). ``variables`` overrides initial
+    values of the module's non-"params" collections (see ``init_collections``); those collections
+    are updated by training steps and returned in ``RQVAEResult.collections``. Minibatches of
     ``min(batch_size, N)`` items are drawn per epoch from a seeded shuffle (remainder dropped).
     """
     x = np.asarray(x, np.float32)
@@ -391,13 +435,15 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
     module = module if module is not None else build_rq_vae(config, x.shape[1])
     rng = np.random.default_rng(config.seed)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    collections = init_collections(module, x, aux, variables)
     if init is None:
-        params = init_params(module, config, x, aux, init_key, rng)
+        params = init_params(module, config, x, aux, init_key, rng, collections=collections)
     else:
         params = jax.tree.map(jnp.array, init)  # a copy: the train state is donated
     tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
-                       usage=jnp.zeros((config.num_levels, config.codebook_size), jnp.int32), rng=state_key)
+                       usage=jnp.zeros((config.num_levels, config.codebook_size), jnp.int32), rng=state_key,
+                       collections=collections)
     step_fn = functools.partial(train_step, module=module, tx=tx, reset_every=config.reset_every,
                                 extra_loss_fn=extra_loss_fn)
     batch_size = min(config.batch_size, len(x))
@@ -414,18 +460,20 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
                 record = {"step": step} | {k: float(v) for k, v in jax.device_get(metrics).items()}
                 history.append(record)
                 _log(step, total, record, tic)
-    encoded = quantize_all(module, state.params, x, aux, config.encode_batch_size)
+    collections = jax.device_get(state.collections)
+    encoded = quantize_all(module, state.params, x, aux, config.encode_batch_size, collections=collections)
     return RQVAEResult(params=state.params, codes=encoded["codes"],
                        codebooks=np.asarray(state.params["quantizer"]["codebooks"]), loss_history=history,
-                       latents=encoded["z"], residual_norms=encoded["residual_norms"])
+                       latents=encoded["z"], residual_norms=encoded["residual_norms"], collections=collections)
 
 
 # ----------------------------------------------------------------------------- inference
 
 
 def quantize_all(module: nn.Module, params: Params, x: np.ndarray, aux: Mapping[str, np.ndarray] | None = None,
-                 batch_size: int = 4096) -> dict[str, np.ndarray]:
-    """``codes [N, L]``, latents ``z [N, d]`` and mean residual norms ``[L + 1]`` in fixed-size batches."""
+                 batch_size: int = 4096, *, collections: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """``codes [N, L]``, latents ``z [N, d]`` and mean residual norms ``[L + 1]`` in fixed-size batches
+    (``collections``: the module's non-"params" variables, if its ``quantize`` reads any)."""
     x = np.asarray(x, np.float32)
     aux = {k: np.asarray(v) for k, v in (aux or {}).items()}
     n = len(x)
@@ -433,7 +481,8 @@ def quantize_all(module: nn.Module, params: Params, x: np.ndarray, aux: Mapping[
     codes, latents, norms = [], [], []
     for start in range(0, n, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad the tail by repetition
-        out = jax.device_get(_apply(params, x[index], _take(aux, index), module=module, method="quantize"))
+        out = jax.device_get(_apply(params, x[index], _take(aux, index), module=module, method="quantize",
+                                    collections=collections))
         keep = min(batch_size, n - start)
         final = out["residuals"][:, -1] - out["quantized"][:, -1]
         residuals = np.concatenate([out["residuals"], final[:, None]], axis=1)[:keep]

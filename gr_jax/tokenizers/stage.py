@@ -1,7 +1,8 @@
 """The tokenize stage: item embeddings -> SID table artifact + codebook health report.
 
 Reads the embeddings named by ``tokenizer.input`` from the features stage (or imports an
-LC-Rec ``index.json``), fits the configured tokenizer, resolves collisions, checks codebook
+LC-Rec ``index.json``; ``prism`` reads both the text and the CF embeddings plus each item's
+training-split popularity and category path), fits the configured tokenizer, resolves collisions, checks codebook
 health against the configured thresholds (a failed check stops the pipeline with what
 usually fixes it), and writes ``WORKDIR/tokenize/{sid_table.npz,sid_table.json,index.json,
 health.json,health.png,summary.json}``.
@@ -23,7 +24,7 @@ from gr_jax.features import Features
 from gr_jax.tokenizers import collisions, health
 from gr_jax.tokenizers.sid_table import SIDTable
 
-TOKENIZERS = ("rq_vae", "rq_kmeans", "index_json")
+TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "index_json")
 COLLISION_MODES = ("dedup_digit", "reassign", "none")
 
 
@@ -79,9 +80,42 @@ def _fit_rq_kmeans(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFi
                         lambda: result.last_level_costs(x), {"fit_seconds": result.fit_seconds})
 
 
+def fit_prism(dataset: Dataset, features: Features, cfg: ml_collections.ConfigDict) -> TokenizerFit:
+    """PRISM's purified semantic quantizer on ``features.text`` and ``features.cf``.
+
+    Popularity: ``log1p`` of each item's training-split interaction count, min-max scaled.
+    Tags: RQ layer ``l`` gets category path level ``l + tag_level_offset``; the default offset -1
+    skips the leading levels that hold a single value (Amazon's root, e.g. 'Industrial &
+    Scientific'), i.e. layer ``l`` <-> level ``l + 1`` as in SPEC §3 on Amazon data, while a
+    catalogue whose top level varies (the synthetic tree) keeps it. Missing levels are masked."""
+    from gr_jax.data.splits import train_item_counts
+    from gr_jax.tokenizers import prism_quantizer as pq
+
+    config = pq.PrismConfig(**(cfg.to_dict() | {"hidden_dims": tuple(cfg.hidden_dims)}))
+    text, cf = features.get("text"), features.get("cf")
+    counts = train_item_counts(dataset.users, dataset.num_items)
+    popularity = pq.popularity_scores(counts)
+    tags = pq.category_tags(dataset.items.categories, config.num_levels, config.tag_level_offset)
+    result = pq.fit_prism_quantizer(text, cf, popularity, tags.ids, config, num_tags=tags.sizes)
+    energy = residual_energy(result.latents, result.codes, result.codebooks)
+    info = {"final_loss": result.loss_history[-1], "fit_seconds": result.fit_seconds,
+            "tag_level_offset": tags.level_offset, "num_tags": list(tags.sizes),
+            "tagged_fraction": [float(v) for v in (tags.ids >= 0).mean(0)],
+            "category_purity": [pq.category_purity(result.codes[:, l], tags.ids[:, l])
+                                for l in range(config.num_levels)]}
+    if result.gate_mean is not None:
+        order = lambda v: np.argsort(np.argsort(v))
+        info["gate"] = {"mean": float(result.gate_mean.mean()), "std": float(result.gate_mean.std()),
+                        "spearman_popularity": float(np.corrcoef(order(result.gate_mean), order(popularity))[0, 1])}
+    return TokenizerFit(result.codes, result.codebooks, energy, float(energy[-1] / energy[0]), None, info)
+
+
 def fit_tokenizer(x: np.ndarray, tok: ml_collections.ConfigDict) -> TokenizerFit:
-    """Fits ``tok.name`` (rq_vae | rq_kmeans) with its sub-config on embeddings ``x``."""
+    """Fits ``tok.name`` (rq_vae | rq_kmeans) with its sub-config on embeddings ``x`` (``prism``
+    needs the dataset too: ``fit_prism``)."""
     fits = {"rq_vae": _fit_rq_vae, "rq_kmeans": _fit_rq_kmeans}
+    if tok.name == "prism":
+        raise ValueError("tokenizer.name='prism' reads text, cf, popularity and categories; use fit_prism")
     if tok.name not in fits:
         raise ValueError(f"tokenizer.name={tok.name!r}; expected one of {TOKENIZERS}")
     return fits[tok.name](x, tok[tok.name])
@@ -105,7 +139,8 @@ def sid_table_from_fit(fit: TokenizerFit, tok: ml_collections.ConfigDict) -> SID
     size = fit.codebooks.shape[1]
     sizes = (size,) * fit.codes.shape[1] + ((int(final[:, -1].max()) + 1,) if final.shape[1] > fit.codes.shape[1] else ())
     return SIDTable(final.astype(np.int32), sizes, codebooks=list(fit.codebooks),
-                    meta={"tokenizer": tok.name, "input": tok.input, "collisions": tok.collisions})
+                    meta={"tokenizer": tok.name, "input": "text+cf" if tok.name == "prism" else tok.input,
+                          "collisions": tok.collisions})
 
 
 def thresholds(cfg: ml_collections.ConfigDict) -> health.HealthThresholds:
@@ -125,7 +160,10 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
         report = health.compute_health(table.codes, table.codebook_sizes)
         info = {"imported": tok.index_json, "note": "collision rates are those of the imported (final) SIDs"}
     else:
-        fit = fit_tokenizer(input_embeddings(features, tok.input), tok)
+        if tok.name == "prism":
+            fit = fit_prism(dataset, features, tok.prism)
+        else:
+            fit = fit_tokenizer(input_embeddings(features, tok.input), tok)
         report = health.compute_health(fit.codes, fit.codebooks.shape[1], residual_energy=fit.residual_energy,
                                        recon_error=fit.recon_error)
         table = sid_table_from_fit(fit, tok)

@@ -99,3 +99,36 @@ def test_beam_search_on_a_sharded_mesh_matches_one_device():
         sharded = jax.jit(lambda p, x: model.topk(p, x, 10), in_shardings=(None, data))(params, b)
         assert len(sharded.sharding.device_set) > 1 or sharded.is_fully_replicated
     np.testing.assert_array_equal(np.asarray(sharded), single)
+
+
+def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
+    # A full-width beam is exhaustive, so every valid SID's score must equal the sum over levels of
+    # log_softmax(logits / tau[level, children of its prefix]) at its code (PRISM's ATS at decoding).
+    codes = np.unique(catalog(seed=2), axis=0)
+    trie = build_trie(codes, K)
+    num_levels = codes.shape[1]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(num_levels, K + 1, K)).astype(np.float32)  # [level, previous code + 1, code]
+    tau = rng.uniform(0.2, 2.0, size=(num_levels, K + 1)).astype(np.float32)
+
+    def step(cache, previous, level):
+        return jax.nn.log_softmax(jnp.asarray(logits)[level][previous + 1], -1), cache
+
+    width = len(codes)
+    sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), jnp.asarray(trie.children), 1, width,
+                                               temperatures=jnp.asarray(tau)))()
+    reference = {}
+    for sid_row, items in enumerate(trie.sid_items):
+        path, prefix, previous, total = codes[items[0]], 0, -1, 0.0
+        for level, code in enumerate(path):
+            children = int((trie.children[level, prefix] >= 0).sum())
+            scaled = logits[level, previous + 1] / tau[level, children]
+            total += scaled[code] - np.log(np.exp(scaled - scaled.max()).sum()) - scaled.max()
+            prefix, previous = trie.children[level, prefix, code], code
+        reference[sid_row] = total
+    got = dict(zip(np.asarray(sids[0]).tolist(), np.asarray(scores[0]).tolist()))
+    assert set(got) == set(reference)
+    for sid_row, value in reference.items():
+        assert abs(got[sid_row] - value) < 1e-4
+    plain = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), jnp.asarray(trie.children), 1, width))()[1]
+    assert not np.allclose(np.sort(np.asarray(plain[0])), np.sort(np.asarray(scores[0])))  # tau mattered

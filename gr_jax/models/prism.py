@@ -1,0 +1,434 @@
+"""PRISM's Integrated Semantic Recommender (Fang et al., 2026): TIGER plus DSI, SSA and ATS.
+
+Built on ``Tiger`` (same encoder-decoder, tied code logits, trie-constrained beam search);
+three switchable additions, each a ``config.model`` knob (``configs/prism.py``):
+
+- **DSI** (dynamic semantic integration): every encoder history token of SID level ``l``
+  becomes a mix of its code embedding, the item's text (content) embedding and its
+  collaborative embedding, each projected by a *level-specific* projection (shared input
+  LayerNorm, per-level Dense + LayerNorm). The mix is a per-token softmax gate over the three
+  sources (``dsi_fusion='gate'``) or a mixture of experts (``'moe'``): a router MLP over the
+  concatenated sources (noisy top-k gating in training), ``num_experts`` expert MLPs
+  (3d -> d_moe -> d_moe/2 -> d_moe/4), the top-k renormalised mix projected back to d, and a
+  learnable residual ``x_id + sigmoid(a) (fused - x_id)`` (``a`` starts at -2). The router is
+  trained with a load-balancing loss ``E * sum_i f_i P_i + (log E - H(P)) / log E`` (``f``:
+  share of top-k slots per expert, ``P``: mean router probability), weight
+  ``dsi_balance_weight``. With ``item_level_history`` the L fused level tokens of an item are
+  summed into its one encoder vector. DSI only touches the encoder input: the decoder's
+  inputs are the target's own code prefix, whose item (and so its features) is unknown
+  during beam search.
+- **SSA** (semantic structure alignment): a predictor maps the final decoder state of level
+  ``l`` plus a context from its level ``l-1`` prediction (a learned start context at level 0)
+  to a vector in the tokenizer's codebook space; loss ``mean(1 - cos(pred_l, c_l[code_l]))``
+  against the codebook row of the target's level-``l`` code, weight ``ssa_weight``. Only the
+  levels that have codebooks take part (not a de-dup digit).
+- **ATS** (adaptive temperature scaling), training only: the level-``l`` logits of a target
+  are divided by ``tau = tau_min + (tau_max - tau_min) exp(-alpha K / K_ref)`` where ``K`` is
+  the number of valid children of the target's length-``l`` prefix in the SID trie.
+
+Facts from the official code (DengzhaoFang/PRISM-Rec, ``src/recommender/prism/``): DSI
+on encoder tokens only, item features broadcast to each of the item's code tokens, per-token
+routing, 4 experts, top-2, softmax-then-top-k with renormalised weights, noisy gating with a
+zero-initialised noise projection and 0.05 input noise, the two-term balance loss with weight
+0.01 and the residual alpha (``model.py``, ``moe_fusion.py``, ``config.py``); the SSA
+predictor's layout and conditioning on the previous level's *prediction* (``model.py``);
+``logits / tau`` per target position from the child count of the target prefix, ``tau_max``
+for a childless prefix, optional mean-centring, all levels from ``start_layer`` on
+(``adaptive_temperature.py``).
+
+Deviations, following ``SPEC.md`` section 3 where it differs from the official code:
+
+- The MoE's content/CF projections are level-specific (SPEC; the official MoE shares them and
+  only its non-MoE fusion has a per-level option). ``dsi_depth_specific=False`` shares them.
+- ``dsi_fusion='gate'`` is a softmax over the three sources (SPEC); the official "learned" gate
+  uses independent sigmoids. Its initial bias favours the code embedding (official init).
+- Expert width d_moe = 256 (SPEC; official default 512). The official per-expert "diverse"
+  initialisation gains are not reproduced (plain independent inits).
+- The balance statistics are taken over real history tokens only (the official code also
+  counts padding).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gr_jax.decoding.trie import Trie
+from gr_jax.models import tiger
+from gr_jax.models.layers.dropout import Dropout, fmix32
+
+FUSIONS = ("moe", "gate")
+SOURCES = 3  # code embedding, projected text, projected CF
+_xavier_half = nn.initializers.variance_scaling(0.25, "fan_avg", "uniform")  # xavier_uniform, gain 0.5
+
+
+class DepthProjection(nn.Module):
+    """Item features ``[..., F]`` -> one projection per SID level ``[..., L, d]``.
+
+    A shared input LayerNorm, then per level a Dense and a LayerNorm (``num_levels=1``: one
+    projection broadcast to every level).
+    """
+
+    num_levels: int
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.LayerNorm(name="input_norm")(x)
+        init = nn.initializers.variance_scaling(0.25, "fan_avg", "uniform", in_axis=-2, out_axis=-1, batch_axis=(0,))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, (None, None, "embed")),
+                            (self.num_levels, x.shape[-1], self.embed_dim))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed")),
+                          (self.num_levels, self.embed_dim))
+        y = jnp.einsum("...f,lfd->...ld", x, kernel) + bias
+        return nn.LayerNorm(feature_axes=(-2, -1), name="output_norm")(y)
+
+
+class GateFusion(nn.Module):
+    """Per-token softmax weights over the sources ``[..., S, d]`` from an MLP of their concatenation."""
+
+    dropout: float = 0.1
+    dropout_impl: str = "hash"
+
+    @nn.compact
+    def __call__(self, sources, valid, train: bool = False):
+        del valid
+        d = sources.shape[-1]
+        h = nn.relu(nn.Dense(d, kernel_init=_xavier_half, name="hidden")(sources.reshape(sources.shape[:-2] + (-1,))))
+        h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train)
+        bias = lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype).at[0].set(1.0)  # favour the code
+        weights = jax.nn.softmax(nn.Dense(sources.shape[-2], kernel_init=_xavier_half, bias_init=bias,
+                                          name="logits")(h), -1)
+        return (weights[..., None] * sources).sum(-2), {"source_weights": weights}
+
+
+def hash_normal(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal noise from a uint32 ``seed``: Box-Muller over two hashed uniforms per element.
+
+    The counter-based hash of ``layers.dropout`` (each element's global linear index mixed with
+    the seed): far cheaper to compile and run on CPU than ``jax.random.normal``'s Threefry.
+    """
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    key = fmix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))
+    a, b = fmix32((index * jnp.uint32(2)) ^ key), fmix32((index * jnp.uint32(2) + jnp.uint32(1)) ^ key)
+    u1 = ((a >> 8) + jnp.uint32(1)).astype(jnp.float32) * 2.0 ** -24  # (0, 1]
+    u2 = (b >> 8).astype(jnp.float32) * 2.0 ** -24
+    return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
+
+
+def balance_loss(probs, selected, valid):
+    """``E * sum_i f_i P_i + (log E - H(P)) / log E`` over the ``valid`` tokens.
+
+    ``probs [..., E]`` router probabilities, ``selected [..., E]`` 1 where an expert is in a
+    token's top-k. Returns (loss, share of top-k slots per expert ``[E]``).
+    """
+    num_experts = probs.shape[-1]
+    w = valid.astype(probs.dtype)[..., None]
+    count = jnp.maximum(w.sum(), 1.0)
+    f = jax.lax.stop_gradient((selected * w).reshape(-1, num_experts).sum(0)) / count
+    p = (probs * w).reshape(-1, num_experts).sum(0) / count
+    entropy = -(p * jnp.log(p + 1e-8)).sum()
+    log_e = jnp.log(float(num_experts))
+    loss = num_experts * (f * p).sum() + (log_e - entropy) / log_e
+    return loss, f / jnp.maximum(f.sum(), 1e-9)
+
+
+class MoEFusion(nn.Module):
+    """Mixture-of-experts fusion of the sources ``[..., S, d]`` (source 0 = code embedding)."""
+
+    num_experts: int = 4
+    expert_dim: int = 256
+    top_k: int = 2
+    router_noise: bool = True
+    input_noise: float = 0.05
+    dropout: float = 0.1
+    dropout_impl: str = "hash"
+
+    def _router(self, x, train):
+        hidden = max(x.shape[-1] // 2, 128)
+        h = nn.Dense(hidden, kernel_init=_xavier_half, name="router_hidden")(x)
+        h = nn.relu(nn.LayerNorm(name="router_norm")(h))
+        h = Dropout(0.1, self.dropout_impl)(h, deterministic=not train)
+        h = nn.relu(nn.Dense(hidden // 2, kernel_init=_xavier_half, name="router_hidden2")(h))
+        return nn.Dense(self.num_experts, kernel_init=_xavier_half, name="router_logits")(h)
+
+    def _expert_layer(self, x, width, name, first: bool):
+        fan_in = x.shape[-1]
+        init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=-2, out_axis=-1, batch_axis=(0,))
+        kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(init, ("experts", None, None)),
+                            (self.num_experts, fan_in, width))
+        bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("experts", None)),
+                          (self.num_experts, width))
+        spec = "...i,eih->...eh" if first else "...ei,eih->...eh"
+        return jnp.einsum(spec, x, kernel) + bias
+
+    def _noise(self, shape, dtype):
+        key = self.make_rng("dropout")
+        if self.dropout_impl == "threefry":
+            return jax.random.normal(key, shape, dtype)
+        return hash_normal(jax.random.bits(key, (), jnp.uint32), shape).astype(dtype)
+
+    @nn.compact
+    def __call__(self, sources, valid, train: bool = False):
+        code = sources[..., 0, :]
+        d = code.shape[-1]
+        x = sources.reshape(sources.shape[:-2] + (-1,))
+        routed = x
+        if train and self.input_noise > 0:
+            routed = routed + self.input_noise * self._noise(x.shape, x.dtype)
+        logits = self._router(routed, train)
+        noise_scale = nn.Dense(self.num_experts, kernel_init=nn.initializers.zeros, name="router_noise")(routed)
+        if train and self.router_noise:
+            noise = self._noise(logits.shape, logits.dtype)
+            logits = logits + noise * jax.nn.softplus(noise_scale)
+        probs = jax.nn.softmax(logits, -1)
+        top_probs, top_index = jax.lax.top_k(probs, self.top_k)
+        top_weights = top_probs / (top_probs.sum(-1, keepdims=True) + 1e-8)
+        one_hot = jax.nn.one_hot(top_index, self.num_experts, dtype=probs.dtype)  # [..., k, E]
+        gates = (one_hot * top_weights[..., None]).sum(-2)  # [..., E], zero outside the top-k
+        drop = Dropout(self.dropout, self.dropout_impl)
+        h = self._expert_layer(x, self.expert_dim, "expert_in", first=True)
+        h = nn.relu(nn.LayerNorm(feature_axes=(-2, -1), name="expert_norm")(h))
+        h = drop(h, deterministic=not train)
+        h = nn.relu(self._expert_layer(h, self.expert_dim // 2, "expert_mid", first=False))
+        h = drop(h, deterministic=not train)
+        h = self._expert_layer(h, self.expert_dim // 4, "expert_out", first=False)
+        h = nn.LayerNorm(feature_axes=(-2, -1), name="expert_out_norm")(h)  # [..., E, d_moe/4]
+        mixed = jnp.einsum("...e,...eh->...h", gates, h)
+        fused = nn.LayerNorm(name="output_norm")(nn.Dense(d, kernel_init=_xavier_half, name="output")(mixed))
+        alpha = jax.nn.sigmoid(self.param("fusion_alpha", nn.initializers.constant(-2.0), ()))
+        loss, usage = balance_loss(probs, one_hot.sum(-2), valid)
+        return code + alpha * (fused - code), {"balance": loss, "usage": usage, "alpha": alpha}
+
+
+class CodebookPredictor(nn.Module):
+    """SSA: decoder states ``[B, >=n, d]`` -> predicted codebook vectors ``[B, n, out_dim]``.
+
+    Level ``l`` reads its decoder state and a context projected from the level ``l-1``
+    prediction (a learned start context at level 0).
+    """
+
+    num_levels: int
+    out_dim: int
+    dropout: float = 0.1
+    dropout_impl: str = "hash"
+
+    @nn.compact
+    def __call__(self, states, train: bool = False):
+        d = states.shape[-1]
+        start = self.param("initial_context", nn.initializers.normal(0.02), (d // 4,))
+        context = jnp.broadcast_to(start, states.shape[:1] + start.shape)
+        previous = nn.Dense(d // 4, name="previous_level")
+        predictions = []
+        for level in range(self.num_levels):
+            h = jnp.concatenate([states[:, level], context], -1)
+            h = nn.LayerNorm(name=f"level{level}_norm")(nn.Dense(d // 2, name=f"level{level}_hidden")(h))
+            h = Dropout(self.dropout, self.dropout_impl)(nn.relu(h), deterministic=not train)
+            prediction = nn.Dense(self.out_dim, name=f"level{level}_out")(h)
+            predictions.append(prediction)
+            context = previous(prediction)
+        return jnp.stack(predictions, 1)
+
+
+def ssa_loss(predictions, codebooks, target_codes):
+    """``mean(1 - cos)`` of ``predictions [B, n, D]`` against ``codebooks[l][target_codes[:, l]]``.
+
+    ``codebooks [n, K, D]`` (rows past a level's size unused), ``target_codes [B, >=n]``.
+    """
+    n = predictions.shape[1]
+    targets = codebooks[jnp.arange(n)[None, :], target_codes[:, :n]]
+    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+    return jnp.mean(1.0 - (unit(predictions) * unit(targets)).sum(-1))
+
+
+def prefix_child_counts(trie: Trie, codes: np.ndarray) -> np.ndarray:
+    """``[N, L]``: number of valid children of each item's length-``l`` SID prefix in the trie."""
+    codes = np.asarray(codes)
+    counts = trie.num_children()
+    prefix = np.zeros(len(codes), np.int64)
+    out = np.zeros(codes.shape, np.int64)
+    for level in range(codes.shape[1]):
+        out[:, level] = counts[level, prefix]
+        prefix = trie.children[level, prefix, codes[:, level]]
+    return out
+
+
+def ats_temperature(child_counts, alpha: float = 0.5, tau_min: float = 0.1, tau_max: float = 2.0,
+                    k_ref: float = 50.0) -> np.ndarray:
+    """``tau_min + (tau_max - tau_min) exp(-alpha K / K_ref)`` clipped to ``[tau_min, tau_max]``."""
+    k = np.asarray(child_counts, np.float64)
+    tau = tau_min + (tau_max - tau_min) * np.exp(-alpha * k / k_ref)
+    return np.clip(np.where(k > 0, tau, tau_max), tau_min, tau_max)
+
+
+def ats_table(trie: Trie, codes: np.ndarray, model: ml_collections.ConfigDict) -> np.ndarray:
+    """Temperature by (level, number of valid children of the prefix) ``[L, K + 1]`` from the ATS knobs.
+
+    Levels before ``ats_start_level`` keep 1; with ``ats_mean_center`` the table is rescaled so
+    that the training temperatures of the catalogue's items average 1."""
+    num_levels, codebook_size = trie.children.shape[0], trie.children.shape[2]
+    table = np.tile(ats_temperature(np.arange(codebook_size + 1), model.ats_alpha, model.ats_tau_min,
+                                    model.ats_tau_max, model.ats_k_ref), (num_levels, 1))
+    table[:model.ats_start_level] = 1.0
+    if model.ats_mean_center:
+        counts = prefix_child_counts(trie, codes)
+        table = table / table[np.arange(num_levels), counts].mean()
+    return table.astype(np.float32)
+
+
+def ats_temperatures(trie: Trie, codes: np.ndarray, model: ml_collections.ConfigDict) -> np.ndarray:
+    """Per item and level training temperature ``[N, L]`` from the config's ATS knobs."""
+    table = ats_table(trie, codes, model)
+    return table[np.arange(codes.shape[1]), prefix_child_counts(trie, codes)]
+
+
+class Prism(tiger.Tiger):
+    """``Tiger`` with DSI in the encoder input and an SSA codebook predictor on the decoder."""
+
+    dsi: bool = True
+    dsi_fusion: str = "moe"
+    dsi_depth_specific: bool = True
+    num_experts: int = 4
+    expert_dim: int = 256
+    top_k: int = 2
+    router_noise: bool = True
+    ssa_levels: int = 0  # levels with an SSA target (0: SSA off)
+    ssa_dim: int = 32  # codebook vector size
+
+    def setup(self):
+        super().setup()
+        if self.dsi:
+            if self.dsi_fusion not in FUSIONS:
+                raise ValueError(f"model.dsi_fusion={self.dsi_fusion!r}; expected one of {FUSIONS}")
+            levels = self.num_levels if self.dsi_depth_specific else 1
+            self.text_projection = DepthProjection(levels, self.embed_dim)
+            self.cf_projection = DepthProjection(levels, self.embed_dim)
+            if self.dsi_fusion == "moe":
+                self.fusion = MoEFusion(self.num_experts, self.expert_dim, self.top_k, self.router_noise,
+                                        dropout=self.dropout, dropout_impl=self.dropout_impl)
+            else:
+                self.fusion = GateFusion(self.dropout, self.dropout_impl)
+        if self.ssa_levels:
+            self.codebook_predictor = CodebookPredictor(self.ssa_levels, self.ssa_dim, self.dropout,
+                                                        self.dropout_impl)
+
+    def history_token_embeddings(self, history_codes, history_mask, history_features=None, train: bool = False):
+        codes = super().history_token_embeddings(history_codes, history_mask, history_features, train)
+        if not self.dsi:
+            return codes
+        shape = codes.shape
+        text = jnp.broadcast_to(self.text_projection(history_features["text"]), shape)
+        cf = jnp.broadcast_to(self.cf_projection(history_features["cf"]), shape)
+        valid = jnp.broadcast_to(history_mask[..., None], shape[:-1])
+        fused, stats = self.fusion(jnp.stack([codes, text, cf], -2), valid, train)
+        for name, value in stats.items():
+            self.sow("intermediates", f"dsi_{name}", value)
+        return fused
+
+    def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
+                         history_features=None):
+        """(logits ``[B, L, K]``, SSA predictions ``[B, ssa_levels, ssa_dim]`` or None)."""
+        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
+        states = self.decode_states(encoded, mask, target_codes, train)
+        predictions = self.codebook_predictor(states, train) if self.ssa_levels else None
+        return self.code_logits(states), predictions
+
+
+def build(model: ml_collections.ConfigDict, num_levels: int, codebook_size: int, ssa_levels: int = 0,
+          ssa_dim: int = 32) -> Prism:
+    return Prism(num_levels=num_levels, codebook_size=codebook_size, **tiger.module_kwargs(model), dsi=model.dsi,
+                 dsi_fusion=model.dsi_fusion, dsi_depth_specific=model.dsi_depth_specific,
+                 num_experts=model.num_experts, expert_dim=model.expert_dim, top_k=model.top_k,
+                 router_noise=model.router_noise, ssa_levels=ssa_levels, ssa_dim=ssa_dim)
+
+
+def ssa_codebook_table(codebooks, num_levels: int) -> np.ndarray | None:
+    """The levels' codebooks stacked to ``[n, K_max, D]`` (zero rows past a level's size), or None."""
+    codebooks = [np.asarray(c, np.float32) for c in (codebooks or [])][:num_levels]
+    if not codebooks:
+        return None
+    dims = {c.shape[1] for c in codebooks}
+    if len(dims) != 1:
+        raise ValueError(f"SSA needs codebooks of one vector size, got sizes {sorted(dims)}")
+    table = np.zeros((len(codebooks), max(len(c) for c in codebooks), dims.pop()), np.float32)
+    for level, codebook in enumerate(codebooks):
+        table[level, :len(codebook)] = codebook
+    return table
+
+
+class PrismRecommender(tiger.TigerRecommender):
+    """PRISM behind the trainer's model interface.
+
+    ``sid_table``: a ``SIDTable`` (codes; codebooks for SSA). ``text [N, F_t]`` / ``cf [N, F_c]``:
+    item content and collaborative embeddings (needed when ``model.dsi``).
+    """
+
+    def __init__(self, model_config: ml_collections.ConfigDict, sid_table, text=None, cf=None):
+        self.config = model_config
+        self.features = {}
+        if model_config.dsi:
+            for name, value in (("text", text), ("cf", cf)):
+                if value is None:
+                    raise ValueError(f"model.dsi needs the '{name}' item embeddings: enable config.features.{name} "
+                                     f"(and the features stage) or set model.dsi=False")
+                if len(value) != sid_table.num_items:
+                    raise ValueError(f"{len(value)} '{name}' embeddings for {sid_table.num_items} items")
+                self.features[name] = jnp.asarray(value, jnp.float32)
+        self.ssa_codebooks = None
+        if model_config.ssa:
+            table = ssa_codebook_table(sid_table.codebooks, sid_table.num_levels)
+            if table is None:
+                raise ValueError("model.ssa needs the tokenizer's codebooks, and this SID table has none "
+                                 "(e.g. an imported index.json); set model.ssa=False")
+            self.ssa_codebooks = jnp.asarray(table)
+        super().__init__(model_config, sid_table.codes, max(sid_table.codebook_sizes))
+        self.temperatures = jnp.asarray(ats_temperatures(self.trie, sid_table.codes, model_config)) \
+            if model_config.ats else None
+        if model_config.ats and model_config.ats_at_inference:
+            self.decode_temperatures = jnp.asarray(ats_table(self.trie, sid_table.codes, model_config))
+
+    def build_module(self, model_config, num_levels, codebook_size) -> Prism:
+        table = self.ssa_codebooks
+        return build(model_config, num_levels, codebook_size, ssa_levels=0 if table is None else table.shape[0],
+                     ssa_dim=32 if table is None else table.shape[2])
+
+    def _inputs(self, batch) -> dict:
+        inputs = super()._inputs(batch)
+        if self.features:
+            inputs["history_features"] = {k: v[batch["history"]] for k, v in self.features.items()}
+        return inputs
+
+    def init(self, rng: jax.Array, batch: dict):
+        return self.module.init(rng, **self._inputs(batch), target_codes=self.codes[batch["target"]],
+                                method=Prism.training_outputs)["params"]
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        cfg = self.config
+        target = self.codes[batch["target"]]
+        (logits, predictions), state = self.module.apply(
+            {"params": params}, **self._inputs(batch), target_codes=target, train=True, rngs={"dropout": rng},
+            mutable=["intermediates"], method=Prism.training_outputs)
+        metrics = {}
+        if self.temperatures is not None:  # nll_tau1: the plain CE, comparable with TIGER's loss
+            metrics["nll_tau1"] = jax.lax.stop_gradient(self.token_nll(logits, target).sum(-1).mean())
+            logits = logits / self.temperatures[batch["target"]][..., None]
+        nll = self.token_nll(logits, target).sum(-1).mean()
+        loss, metrics["nll"] = nll, nll
+        if predictions is not None:
+            ssa = ssa_loss(predictions, self.ssa_codebooks, target)
+            loss, metrics["ssa"] = loss + cfg.ssa_weight * ssa, ssa
+        stats = state.get("intermediates", {})
+        if "dsi_balance" in stats:
+            balance = stats["dsi_balance"][0]
+            usage = stats["dsi_usage"][0]
+            loss = loss + cfg.dsi_balance_weight * balance
+            metrics |= {"moe_balance": balance, "moe_min_share": usage.min(), "moe_max_share": usage.max(),
+                        "moe_alpha": stats["dsi_alpha"][0]}
+        return loss, metrics

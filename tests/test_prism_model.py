@@ -1,0 +1,196 @@
+"""PRISM's recommender: MoE load balance, ATS temperatures, SSA targets, exact beam search, a tiny run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import prism as prism_config
+from gr_jax import stages
+from gr_jax.decoding.trie import build_trie
+from gr_jax.features import CF_FILE, TEXT_FILE
+from gr_jax.models import prism
+from gr_jax.tokenizers.sid_table import SIDTable
+
+K = 4
+
+
+def small_model_config(**overrides):
+    config = prism_config.model_config()
+    config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
+                  head_dim=8, mlp_dim=32, expert_dim=16, dropout=0.0, beam_size=8)
+    config.update(**overrides)
+    return config
+
+
+def sid_table(seed=0, n=30, with_dedup_digit=True):
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, K, (n, 3)), axis=0)
+    if with_dedup_digit:  # 3 quantised levels + a de-dup digit without a codebook
+        codes = np.concatenate([codes, codes[:3]])
+        digit = np.zeros(len(codes), int)
+        digit[-3:] = 1
+        codes = np.concatenate([codes, digit[:, None]], 1)
+    return SIDTable(codes, (K,) * codes.shape[1], codebooks=[rng.normal(size=(K, 6)) for _ in range(3)])
+
+
+def batch(num_items, size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((size, 5), bool)
+    mask[0, :2] = False
+    return {"history": jnp.asarray(rng.integers(0, num_items, (size, 5)), jnp.int32),
+            "history_mask": jnp.asarray(mask), "user": jnp.arange(size, dtype=jnp.int32),
+            "target": jnp.asarray(rng.integers(0, num_items, size), jnp.int32)}
+
+
+def recommender(table, seed=0, **overrides):
+    rng = np.random.default_rng(seed)
+    n = table.num_items
+    return prism.PrismRecommender(small_model_config(**overrides), table, rng.normal(size=(n, 12)),
+                                  rng.normal(size=(n, 5)))
+
+
+def test_moe_balance_loss_spreads_tokens_over_all_experts_from_a_collapsed_router():
+    tokens = jax.random.normal(jax.random.PRNGKey(0), (256, 3, 8))
+    targets = jax.random.normal(jax.random.PRNGKey(1), (256, 8))
+    valid = jnp.ones((256,), bool)
+    module = prism.MoEFusion(num_experts=4, expert_dim=16, top_k=2, dropout=0.0)
+    params = module.init({"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, tokens, valid)["params"]
+    # Start collapsed: the router prefers experts 0 and 1 by a wide margin.
+    params["router_logits"]["bias"] = jnp.array([4.0, 4.0, -4.0, -4.0])
+
+    def shares(params):
+        _, stats = module.apply({"params": params}, tokens, valid)
+        return np.asarray(stats["usage"])
+
+    optimizer = optax.adam(1e-2)
+
+    def loss(params, rng, balance_weight):
+        out, stats = module.apply({"params": params}, tokens, valid, True, rngs={"dropout": rng})
+        return jnp.mean((out - targets) ** 2) + balance_weight * stats["balance"]
+
+    @jax.jit
+    def train(params, balance_weight):
+        def step(carry, rng):
+            params, opt_state = carry
+            updates, opt_state = optimizer.update(jax.grad(loss)(params, rng, balance_weight), opt_state)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (trained, _), _ = jax.lax.scan(step, (params, optimizer.init(params)),
+                                       jax.random.split(jax.random.PRNGKey(4), 100))
+        return trained
+
+    before = shares(params)
+    assert before[2:].sum() < 0.01  # experts 2 and 3 get (almost) no tokens
+    balanced = shares(train(params, 1.0))
+    assert balanced.min() > 0.15, balanced  # uniform is 0.25 each
+    unbalanced = shares(train(params, 0.0))
+    assert unbalanced.min() < 0.05, unbalanced  # the task loss alone leaves the router collapsed
+    np.testing.assert_allclose(balanced.sum(), 1.0, atol=1e-6)
+
+
+def test_ats_temperature_follows_the_closed_form_of_each_prefix_child_count():
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 2, 0], [1, 0, 0]])
+    trie = build_trie(codes, 3)
+    counts = prism.prefix_child_counts(trie, codes)
+    np.testing.assert_array_equal(counts, [[2, 3, 2], [2, 3, 2], [2, 3, 1], [2, 3, 1], [2, 1, 1]])
+    config = small_model_config(ats_alpha=0.7, ats_tau_min=0.2, ats_tau_max=1.5, ats_k_ref=2.0)
+    tau = prism.ats_temperatures(trie, codes, config)
+    np.testing.assert_allclose(tau, 0.2 + 1.3 * np.exp(-0.7 * counts / 2.0), rtol=1e-6)
+    # Paper defaults: tau(K) = 0.1 + 1.9 exp(-K / 100); clipped; a childless prefix gets tau_max.
+    np.testing.assert_allclose(prism.ats_temperature([0, 1, 50, 10_000]),
+                               [2.0, 0.1 + 1.9 * np.exp(-0.01), 0.1 + 1.9 * np.exp(-0.5), 0.1], rtol=1e-6)
+    config.update(ats_start_level=1, ats_mean_center=True)
+    centred = prism.ats_temperatures(trie, codes, config)
+    np.testing.assert_allclose(centred.mean(), 1.0, rtol=1e-6)
+    assert len(set(centred[:, 0].tolist())) == 1  # level 0 left at tau = 1 before centring
+
+
+def test_ats_divides_each_target_level_logits_by_its_temperature_in_the_training_loss():
+    table = sid_table(with_dedup_digit=False)
+    model = recommender(table, dsi=False, ssa=False, ats=True)
+    b = batch(table.num_items)
+    params = model.init(jax.random.PRNGKey(0), b)
+    target = model.codes[b["target"]]
+    logits = jax.jit(lambda p: model.module.apply({"params": p}, **model._inputs(b), target_codes=target))(params)
+    tau = prism.ats_temperatures(model.trie, table.codes, model.config)[np.asarray(b["target"])]
+    scaled = np.asarray(logits) / tau[..., None]
+    expected = np.mean([sum(-jax.nn.log_softmax(scaled[i, l])[target[i, l]] for l in range(3))
+                        for i in range(len(target))])
+    _, metrics = jax.jit(model.loss)(params, b, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(metrics["nll"], expected, rtol=1e-5)
+    assert not np.allclose(tau, 1.0)
+
+
+def test_ssa_loss_compares_predictions_with_the_codebook_rows_of_the_target_codes():
+    codebooks = jnp.stack([jnp.eye(K) * (level + 1) for level in range(3)])  # row c of level l: (l+1) e_c
+    target = jnp.array([[0, 1, 2, 3], [3, 3, 0, 1]])  # 4 levels; the 4th has no codebook
+    right = jax.nn.one_hot(target[:, :3], K) * 2.5
+    wrong = jax.nn.one_hot((target[:, :3] + 1) % K, K)
+    np.testing.assert_allclose(prism.ssa_loss(right, codebooks, target), 0.0, atol=1e-6)
+    np.testing.assert_allclose(prism.ssa_loss(wrong, codebooks, target), 1.0, atol=1e-6)
+    np.testing.assert_allclose(prism.ssa_loss(-right, codebooks, target), 2.0, atol=1e-6)
+    table = prism.ssa_codebook_table([np.ones((2, 3)), np.ones((4, 3))], num_levels=4)
+    assert table.shape == (2, 4, 3) and not table[0, 2:].any()
+    model = recommender(sid_table())  # 4-level SIDs, 3 codebooks: SSA predicts levels 0..2 only
+    assert model.module.ssa_levels == 3 and model.ssa_codebooks.shape == (3, K, 6)
+
+
+def test_ssa_predictor_conditions_each_level_on_the_previous_levels_prediction():
+    predictor = prism.CodebookPredictor(num_levels=3, out_dim=6, dropout=0.0)
+    states = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 16))
+    params = predictor.init(jax.random.PRNGKey(1), states)["params"]
+    base = predictor.apply({"params": params}, states)
+    assert base.shape == (2, 3, 6)
+    bumped = jax.tree_util.tree_map(lambda x: x, params)
+    bumped["level1_out"] = {**params["level1_out"], "bias": params["level1_out"]["bias"] + 1.0}
+    changed = np.abs(np.asarray(predictor.apply({"params": bumped}, states) - base)).max(-1)
+    assert np.all(changed[:, 0] == 0) and np.all(changed[:, 1] > 0) and np.all(changed[:, 2] > 0)
+
+
+def test_prism_beam_search_equals_exhaustive_scoring_and_returns_only_valid_sids():
+    table = sid_table(seed=1)
+    model = recommender(table)  # DSI (MoE), SSA and ATS on
+    num_sids = len(model.trie.sid_items)
+    b = batch(table.num_items)
+    params = model.init(jax.random.PRNGKey(0), b)
+    sids, scores = jax.jit(lambda p, x: model.search(p, x, num_sids))(params, b)
+    sid_codes = model.codes[model.trie.sid_items[:, 0]]
+    score_all = jax.jit(model.sequence_log_probs)
+    for row in range(len(b["user"])):
+        single = {k: jnp.repeat(v[row:row + 1], num_sids, axis=0) for k, v in b.items()}
+        reference = np.asarray(score_all(params, single, sid_codes))
+        np.testing.assert_array_equal(np.asarray(sids[row]), np.argsort(-reference, kind="stable"))
+        np.testing.assert_allclose(np.asarray(scores[row]), np.sort(reference)[::-1], atol=1e-5)
+    valid = {tuple(c) for c in table.codes}  # every returned SID row decodes to a catalogue SID
+    assert all(tuple(table.codes[model.trie.sid_items[s, 0]]) in valid for s in np.asarray(sids).ravel())
+
+
+def test_tiny_prism_train_and_eval_stages_write_metrics(tmp_path):
+    """data -> train -> eval through ``stages.run``; the features and tokenize stages' outputs are
+    stand-ins written to the workdir (those stages have their own tests; MiniLM + RQ-VAE would
+    dominate the run time)."""
+    config = prism_config.get_config("tiny")
+    config.stages = "data,train,eval"
+    config.train.num_steps = 12
+    config.mesh.data = 1  # one device: the run is compile-bound
+    num_items = config.data.synthetic.num_items
+    rng = np.random.default_rng(0)
+    (tmp_path / "features").mkdir()
+    np.save(tmp_path / "features" / TEXT_FILE, rng.normal(size=(num_items, 384)).astype(np.float32))
+    np.save(tmp_path / "features" / CF_FILE, rng.normal(size=(num_items, 16)).astype(np.float32))
+    codes = np.stack(np.unravel_index(np.arange(num_items), (5, 5, 4)), 1)
+    SIDTable(codes, (16, 16, 16), codebooks=[rng.normal(size=(16, 8)) for _ in range(3)]).save(
+        str(tmp_path / "tokenize"))
+    ctx = stages.run(config, str(tmp_path))
+    assert isinstance(ctx.model, prism.PrismRecommender)
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
+    for split in ("valid", "test"):
+        assert 0.0 <= metrics[split]["ndcg@10"] <= metrics[split]["recall@10"] <= 1.0
+    train = json.load(open(tmp_path / "train" / "summary.json"))
+    assert train["final_step"] == 12
+    logged = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*logged)
+    assert {"train/nll", "train/ssa", "train/moe_balance", "valid/ndcg@10"} <= keys
