@@ -1,4 +1,5 @@
-"""A TIGER-size model on Scientific shapes with a random (collision-free) SID table, for speed benches."""
+"""TIGER- and PRISM-size models on Scientific shapes with a random (collision-free) SID table and
+random item features of Scientific's sizes, for speed benches."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import prism as prism_config
 from configs import tiger as tiger_config
+from gr_jax.features import Features
+from gr_jax.models.prism import PrismRecommender
 from gr_jax.models.tiger import TigerRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
 
 
 def random_sid_codes(num_items: int, num_levels: int, codebook_size: int, seed: int = 0) -> np.ndarray:
@@ -27,6 +32,22 @@ def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, 
     model_cfg.dropout_impl = dropout_impl
     model_cfg.beam_size = beam_size
     return TigerRecommender(model_cfg, random_sid_codes(num_items, num_levels, codebook_size), codebook_size)
+
+
+def build_prism(item_level_history: bool, overrides: dict | None = None, num_items: int = 4344, num_levels: int = 4,
+                codebook_size: int = 256, code_dim: int = 32, text_dim: int = 384, cf_dim: int = 64,
+                beam_size: int = 20) -> PrismRecommender:
+    """PRISM over random SIDs, codebooks (all levels but the last) and text/CF features; ``overrides``
+    update ``config.model`` (e.g. ``{"dsi_fusion": "gate"}``)."""
+    model_cfg = prism_config.get_config("scientific").model
+    model_cfg.update(item_level_history=item_level_history, beam_size=beam_size, **(overrides or {}))
+    rng = np.random.default_rng(0)
+    codes = random_sid_codes(num_items, num_levels, codebook_size)
+    codebooks = [rng.normal(size=(codebook_size, code_dim)).astype(np.float32) for _ in range(num_levels - 1)]
+    table = SIDTable(codes.astype(np.int32), (codebook_size,) * num_levels, codebooks=codebooks)
+    features = Features(text=rng.normal(size=(num_items, text_dim)).astype(np.float32),
+                        cf=rng.normal(size=(num_items, cf_dim)).astype(np.float32))
+    return PrismRecommender(model_cfg, table, features.text, features.cf)
 
 
 def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0) -> dict:

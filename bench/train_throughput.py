@@ -1,6 +1,7 @@
-"""Training throughput and MFU of the TIGER-size model on Scientific shapes.
+"""Training throughput and MFU of the TIGER- or PRISM-size model on Scientific shapes.
 
-    python bench/train_throughput.py [--item_level_history] [--batch_size 256] [--steps 20]
+    python bench/train_throughput.py [--model prism [--set dsi_fusion=gate ...]] [--item_level_history]
+        [--batch_size 256] [--steps 20]
 
 Prints one JSON line: examples/s, GFLOP per example (XLA cost analysis of the compiled
 step), achieved GFLOP/s, the fp32 matmul peak measured in the same process, and MFU.
@@ -18,7 +19,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import build, compiled_flops, random_batch  # noqa: E402
+from bench.tiger_setup import build, build_prism, compiled_flops, random_batch  # noqa: E402
 from configs import tiger as tiger_config  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
@@ -31,10 +32,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--item_level_history", action="store_true")
     parser.add_argument("--dropout_impl", default="hash", choices=["hash", "threefry"])
+    parser.add_argument("--model", default="tiger", choices=["tiger", "prism"])
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="PRISM model-config override, e.g. dsi_fusion=gate or dsi=False (repeatable)")
     args = parser.parse_args()
     config = tiger_config.get_config()
     config.mesh.data = 1
-    model = build(args.item_level_history, dropout_impl=args.dropout_impl)
+    if args.model == "prism":
+        overrides = {k: {"True": True, "False": False}.get(v, v) for k, v in (s.split("=", 1) for s in args.set)}
+        model = build_prism(args.item_level_history, overrides | {"dropout_impl": args.dropout_impl})
+    else:
+        model = build(args.item_level_history, dropout_impl=args.dropout_impl)
     optimizer = make_optimizer(config.train, 10_000)
     batch = random_batch(args.batch_size, args.history, len(model.codes))
     with trainer.mesh_context(config) as mesh:
@@ -51,7 +59,8 @@ def main():
         seconds = (time.perf_counter() - tic) / args.steps
     peak = matmul_peak_gflops()
     achieved = flops / seconds / 1e9
-    emit({"name": "train_throughput", "model": "tiger", "item_level_history": args.item_level_history,
+    emit({"name": "train_throughput", "model": args.model, "overrides": args.set,
+          "item_level_history": args.item_level_history,
           "dropout_impl": args.dropout_impl,
           "batch_size": args.batch_size, "history": args.history, "sid_levels": int(model.codes.shape[1]),
           "examples_per_s": round(args.batch_size / seconds, 1),
