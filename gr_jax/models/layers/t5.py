@@ -74,11 +74,14 @@ def _proj(features, axes, names, name):
 
 def attend(q, k, v, bias, mask):
     """``softmax(q k^T / sqrt(d) + bias) v`` for q ``[B, Q, H, D]`` and k, v ``[B, S, H, D]``."""
-    logits = jnp.einsum("bqhd,bshd->bhqs", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    # Heads-first operands: XLA:CPU runs these small batched matmuls ~1.3x faster than on the
+    # [B, S, H, D] layout (bench/cpu_kernels.py: attn_bhqd vs attn_bqhd).
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhsd->bhqs", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     if bias is not None:
         logits = logits + bias
     logits = jnp.where(mask, logits, NEG_INF)
-    return jnp.einsum("bhqs,bshd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+    return jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", jax.nn.softmax(logits, axis=-1), v), 1, 2)
 
 
 class SelfAttention(nn.Module):
