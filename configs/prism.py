@@ -52,37 +52,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (0.77 on Scientific) than the generic 0.9 limit expects; collisions are still checked.
     c.tokenizer.health.min_usage = 0.5
     c.model = model_config()
-    c.train.learning_rate = 2e-3
-    c.train.warmup_steps = 200
-    c.train.weight_decay = 0.01
-    c.train.num_epochs = 30
-    common.apply_variant(c, arg)
+    tiger.apply_budget(c, arg)
     if not arg:
-        # The README's main job: the whole pipeline on the 1,000-item synthetic catalogue in a few
+        # The README's main job: the whole pipeline on the 1,000-item synthetic catalogue in under 10
         # minutes on 2 CPU cores. A laptop-sized ISR (2+2 layers, d 64) and 64-code levels; the paper
-        # sizes above are what :scientific trains.
+        # sizes above are what :scientific trains. The MoE fusion dominates this model's step
+        # (bench/train_throughput.py --model prism), hence 5 epochs (395 steps).
         c.features.cf.train.num_epochs = 10
         c.tokenizer.prism.codebook_size = 64
         c.model.update(item_level_history=True, embed_dim=64, num_encoder_layers=2, num_decoder_layers=2,
                        num_heads=4, head_dim=16, mlp_dim=256, expert_dim=128)
-        # The MoE fusion is most of the step here (0.60 s/step vs 0.09 without DSI on 2 cores), so
-        # 5 epochs (395 steps) keep the whole job under 10 minutes.
         c.train.num_epochs = 5
         c.train.eval_every_epochs = 5
-    elif arg == "scientific":
-        # TIGER's :scientific budget (equal-budget comparison): one vector per history item, 10 epochs.
-        c.model.item_level_history = True
-        c.train.num_epochs = 10
-        c.train.eval_every_epochs = 2
-    elif arg == "scientific_full":
-        # Paper-scale budget for a GPU/TPU: one token per code, up to 200 epochs with early stopping.
-        c.train.num_epochs = 200
-        c.train.eval_every_epochs = 5
-        c.train.early_stop_patience = 4
     elif arg == "tiny":
-        tokenizers.shrink_for_tiny(c.tokenizer)
         c.features.cf.model.update(embed_dim=16, mlp_dim=32)
         c.features.cf.train.update(num_epochs=1, batch_size=32, warmup_steps=2, log_every_steps=5)
-        c.model.update(num_user_buckets=50, embed_dim=32, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
-                       head_dim=16, mlp_dim=64, beam_size=10, expert_dim=32)
+        c.model.expert_dim = 32
     return c

@@ -26,18 +26,16 @@ def model_config() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = common.base_config("tiger", stages="data,features,tokenize,train,eval")
-    c.features = features.features_config(text=True, cf=False)
-    c.tokenizer = tokenizers.tokenizer_config("rq_vae", embeddings="text")
-    c.model = model_config()
+def apply_budget(c: ml_collections.ConfigDict, arg: str | None) -> None:
+    """Training defaults and per-variant budgets shared by the SID generators (TIGER, PRISM), so
+    that their ``:scientific`` rows compare at equal budget."""
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 200
     c.train.weight_decay = 0.01
     c.train.num_epochs = 30
     common.apply_variant(c, arg)
     if arg == "scientific":
-        # CPU budget (<= 45 min on 2 cores for the whole pipeline): one vector per history item
+        # CPU budget (<= 45 min on 2 cores for TIGER's whole pipeline): one vector per history item
         # (4x shorter encoder input than one token per code), 10 epochs of 131 steps.
         c.model.item_level_history = True
         c.train.num_epochs = 10
@@ -51,4 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tokenizers.shrink_for_tiny(c.tokenizer)
         c.model.update(num_user_buckets=50, embed_dim=32, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
                        head_dim=16, mlp_dim=64, beam_size=10)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("tiger", stages="data,features,tokenize,train,eval")
+    c.features = features.features_config(text=True, cf=False)
+    c.tokenizer = tokenizers.tokenizer_config("rq_vae", embeddings="text")
+    c.model = model_config()
+    apply_budget(c, arg)
     return c

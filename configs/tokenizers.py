@@ -29,19 +29,9 @@ def tokenizer_config(name: str = "rq_vae", embeddings: str = "text") -> ml_colle
 
 def shrink_for_tiny(c: ml_collections.ConfigDict) -> None:
     """Codebooks sized for the ~100-item tiny catalogue, with matching health limits."""
-    c.rq_vae.codebook_size = 16
-    c.rq_vae.num_epochs = 150
-    c.rq_vae.batch_size = 64
-    c.rq_vae.reset_every = 10
-    c.rq_vae.hidden_dims = (64, 32)
-    c.rq_vae.code_dim = 8
+    for sub in (c.rq_vae, c.prism):
+        sub.update(codebook_size=16, num_epochs=150, batch_size=64, reset_every=10, hidden_dims=(64, 32), code_dim=8)
     c.rq_kmeans.codebook_size = 16
-    c.prism.codebook_size = 16
-    c.prism.num_epochs = 150
-    c.prism.batch_size = 64
-    c.prism.reset_every = 10
-    c.prism.hidden_dims = (64, 32)
-    c.prism.code_dim = 8
     c.health.min_usage = 0.5
     c.health.max_energy_ratio = -1.0
     c.health.max_collision_rate = -1.0

@@ -236,22 +236,9 @@ def category_purity(codes: np.ndarray, labels: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- modules
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-class NormMLP(nn.Module):
-    """Hidden layers ``Dense → LayerNorm → ReLU → Dropout``, then a linear output layer."""
-
-    hidden_dims: Sequence[int]
-    out_dim: int
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        for dim in self.hidden_dims:
-            x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(nn.LayerNorm()(nn.Dense(dim)(x))))
-        return nn.Dense(self.out_dim)(x)
+def norm_mlp(hidden_dims: Sequence[int], out_dim: int, dropout: float = 0.0, **kwargs) -> rq_vae.MLP:
+    """``rq_vae.MLP`` with ``Dense → LayerNorm → ReLU → Dropout`` hidden layers (the PSQ's blocks)."""
+    return rq_vae.MLP(tuple(hidden_dims), out_dim, dropout, layer_norm=True, **kwargs)
 
 
 class DualDecoder(nn.Module):
@@ -267,8 +254,8 @@ class DualDecoder(nn.Module):
         h = z
         for dim in self.trunk_dims:
             h = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(nn.LayerNorm()(nn.Dense(dim)(h))))
-        text = NormMLP((2 * self.text_dim,), self.text_dim, name="text_head")(h, train)
-        cf = NormMLP((max(256, 4 * self.cf_dim),), self.cf_dim, name="cf_head")(h, train)
+        text = norm_mlp((2 * self.text_dim,), self.text_dim, name="text_head")(h, train)
+        cf = norm_mlp((max(256, 4 * self.cf_dim),), self.cf_dim, name="cf_head")(h, train)
         return text, cf
 
 
@@ -298,7 +285,7 @@ class SemanticAnchors(nn.Module):
                 tags = self.param(name, nn.initializers.normal(1.0), (n, self.tag_dim))
             else:
                 tags = self.variable("constants", name, jnp.zeros, (n, self.tag_dim)).value
-            proj = NormMLP((2 * self.code_dim,), self.code_dim, name=f"proj_l{layer}")(tags)
+            proj = norm_mlp((2 * self.code_dim,), self.code_dim, name=f"proj_l{layer}")(tags)
             codebook = codebooks[layer]
             dist = jnp.sqrt(jnp.maximum(rq_vae.squared_distances(proj, codebook), 1e-12))
             probs = jax.nn.softmax(-dist / self.temperature, axis=-1)
@@ -337,9 +324,9 @@ class PrismQuantizer(nn.Module):
     def setup(self):
         c = self.config
         if c.acd:
-            self.gate_mlp = NormMLP((c.gate_hidden,), self.cf_dim, c.gate_dropout)
+            self.gate_mlp = norm_mlp((c.gate_hidden,), self.cf_dim, c.gate_dropout)
             self.fusion_norm = nn.LayerNorm()
-        self.encoder = NormMLP(c.hidden_dims, c.code_dim, c.dropout)
+        self.encoder = norm_mlp(c.hidden_dims, c.code_dim, c.dropout)
         self.quantizer = rq_vae.ResidualQuantizer(c.num_levels, c.codebook_size, c.code_dim, c.beta)
         self.decoder = DualDecoder(tuple(reversed(c.hidden_dims)), self.text_dim, self.cf_dim, c.dropout)
         if c.hsa:
@@ -351,11 +338,11 @@ class PrismQuantizer(nn.Module):
                 c.anchor_target_entropy_ratio, c.anchor_scale_min, c.anchor_scale_max)
             self.classifiers = [self._classifier(layer, n) for layer, n in enumerate(self.num_tags) if n > 0]
 
-    def _classifier(self, layer: int, n: int) -> NormMLP:
+    def _classifier(self, layer: int, n: int) -> rq_vae.MLP:
         c = self.config
         width = c.code_dim * (layer + 1)
         hidden = c.class_hidden or max(2 * width, 128)
-        return NormMLP((hidden, hidden // 2), n, c.class_dropout)
+        return norm_mlp((hidden, hidden // 2), n, c.class_dropout)
 
     def _inputs(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """Encoder input ``fused``, gate ``[B, d_cf]`` (ones without ACD) and reconstruction targets."""
@@ -363,8 +350,8 @@ class PrismQuantizer(nn.Module):
         text, cf_raw = x[:, :self.text_dim], x[:, self.text_dim:]
         if x.shape[1] != self.text_dim + self.cf_dim:
             raise ValueError(f"x has {x.shape[1]} columns; expected text {self.text_dim} + cf {self.cf_dim}")
-        text_in = _l2_normalize(text) if c.normalize_inputs else text
-        cf_in = _l2_normalize(cf_raw) if c.normalize_inputs else cf_raw
+        text_in = rq_vae.l2_normalize(text) if c.normalize_inputs else text
+        cf_in = rq_vae.l2_normalize(cf_raw) if c.normalize_inputs else cf_raw
         if not c.acd:
             return {"fused": jnp.concatenate([text_in, cf_in], -1), "gate": jnp.ones_like(cf_in),
                     "text_target": text_in, "cf_target": cf_in}

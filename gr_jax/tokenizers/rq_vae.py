@@ -123,16 +123,18 @@ def _level_loss(residual: jax.Array, code: jax.Array, beta: float) -> jax.Array:
 
 
 class MLP(nn.Module):
-    """Dense + ReLU (+ dropout) hidden layers, then a linear output layer."""
+    """Dense (+ LayerNorm) + ReLU (+ dropout) hidden layers, then a linear output layer."""
 
     hidden_dims: Sequence[int]
     out_dim: int
     dropout: float = 0.0
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for dim in self.hidden_dims:
-            x = nn.relu(nn.Dense(dim)(x))
+            x = nn.Dense(dim)(x)
+            x = nn.relu(nn.LayerNorm()(x) if self.layer_norm else x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.out_dim)(x)
 
@@ -166,7 +168,7 @@ class RQVAE(nn.Module):
 
     def prepare(self, x: jax.Array) -> jax.Array:
         """The model's input and reconstruction target (L2-normalised if configured)."""
-        return _l2_normalize(x) if self.normalize_input else x
+        return l2_normalize(x) if self.normalize_input else x
 
     def latent(self, x: jax.Array, aux: Mapping[str, jax.Array] | None = None, train: bool = False) -> jax.Array:
         return self.encoder(self.prepare(x), train)
@@ -185,7 +187,7 @@ class RQVAE(nn.Module):
                       "loss": recon_loss + quant_loss}
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -194,7 +196,7 @@ def reconstruction_loss(target: jax.Array, recon: jax.Array, kind: str) -> jax.A
     if kind == "mse":
         return ((recon - target) ** 2).sum(-1).mean()
     if kind == "cosine":
-        return (1.0 - (_l2_normalize(recon) * _l2_normalize(target)).sum(-1)).mean()
+        return (1.0 - (l2_normalize(recon) * l2_normalize(target)).sum(-1)).mean()
     raise ValueError(f"recon_loss={kind!r}; expected 'mse' or 'cosine'")
 
 
