@@ -15,6 +15,7 @@ def features_config(text: bool = True, cf: bool = False) -> ml_collections.Confi
     c.text.cache_dir = ""  # '' = ~/.cache/gr_jax/text, shared by runs (keyed by content)
     c.cf = ml_collections.ConfigDict()
     c.cf.enabled = cf
+    c.cf.contexts = False  # also save the CF model's state at every event (Pctx's context vectors)
     cf_defaults = sasrec.get_config()
     c.cf.model = cf_defaults.model  # SASRec by default; model.contrastive='supervised' gives DuoRec
     c.cf.train = cf_defaults.train

@@ -2,8 +2,9 @@
 embeddings (the item table of a SASRec/DuoRec trained on the training split).
 
 Artifacts under ``WORKDIR/features/``: ``text_embeddings.npy`` ``[num_items, 384]``,
-``cf_embeddings.npy`` ``[num_items, D]`` (plus the CF model's own run in ``cf/``), and
-``summary.json``. The text cache is keyed by content, so reruns and other configs reuse it.
+``cf_embeddings.npy`` ``[num_items, D]`` (plus the CF model's own run in ``cf/``), with
+``features.cf.contexts`` ``event_contexts.npy`` ``[num_events, D]`` (the CF model's state at
+every event, Pctx's context vectors), and ``summary.json``. The text cache is keyed by content, so reruns and other configs reuse it.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import time
 import ml_collections
 import numpy as np
 
-from gr_jax.data.dataset import Dataset
+from gr_jax.data.dataset import Dataset, Interactions
 
-TEXT_FILE, CF_FILE = "text_embeddings.npy", "cf_embeddings.npy"
+TEXT_FILE, CF_FILE, CONTEXT_FILE = "text_embeddings.npy", "cf_embeddings.npy", "event_contexts.npy"
 
 
 @dataclasses.dataclass
 class Features:
     text: np.ndarray | None = None
     cf: np.ndarray | None = None
+    contexts: np.ndarray | None = None  # [num_events, D] CF-model state at every event (Pctx)
 
     def get(self, name: str) -> np.ndarray:
         value = getattr(self, name)
@@ -46,12 +48,76 @@ def cf_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         "model": config.features.cf.model, "train": config.features.cf.train})
 
 
+def event_windows(interactions: Interactions, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items ``[E, window]`` and mask of the window of events ending with each event (left-padded)."""
+    lengths = interactions.lengths
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(interactions.items)) - interactions.offsets[user]
+    rel = position[:, None] - window + 1 + np.arange(window)[None]
+    mask = rel >= 0
+    return np.where(mask, interactions.items[interactions.offsets[user][:, None] + np.maximum(rel, 0)], 0), mask
+
+
+def event_contexts(model, params, interactions: Interactions, window: int, batch_size: int = 1024) -> np.ndarray:
+    """The sequence model's state at every event over the window ending with it ``[E, D]``
+    (Pctx's context: the event's own item and up to ``window - 1`` before it)."""
+    import jax
+
+    from gr_jax.models.sasrec import SASRec
+
+    items, mask = event_windows(interactions, window)
+    states = jax.jit(lambda h, m: model.module.apply({"params": params}, h, m, method=SASRec.user_vector))
+    pad = -len(items) % batch_size
+    items, mask = np.pad(items, ((0, pad), (0, 0))), np.pad(mask, ((0, pad), (0, 0)))
+    out = [np.asarray(states(items[i:i + batch_size], mask[i:i + batch_size]))
+           for i in range(0, len(items), batch_size)]
+    return np.concatenate(out)[:len(interactions.items)].astype(np.float32)
+
+
+def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dataset):
+    """Trains (or reuses) the CF model; returns its item table, the event contexts if enabled, a summary."""
+    from gr_jax.models import registry
+    from gr_jax.training import trainer
+
+    cf = config.features.cf
+    path, context_path = os.path.join(out_dir, CF_FILE), os.path.join(out_dir, CONTEXT_FILE)
+    key_path = os.path.join(out_dir, "cf_config.json")
+    key = json.dumps({"model": cf.model.to_dict(), "train": cf.train.to_dict(), "seed": config.seed,
+                      "max_history": config.data.max_history}, sort_keys=True, default=str)
+    cf_config = cf_run_config(config)
+    model = registry.build(cf_config, dataset.num_items)
+    summary, params = {}, None
+    same = os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key
+    if same:
+        logging.info("Reusing collaborative embeddings %s (same features.cf config)", path)
+        table = np.load(path)
+    else:
+        tic = time.time()
+        result = trainer.train(cf_config, os.path.join(out_dir, "cf"), model, dataset.users)
+        params = result.params
+        table = np.asarray(model.item_embeddings(params), np.float32)
+        np.save(path, table)
+        with open(key_path, "w") as f:
+            f.write(key)
+        summary["train"] = result.summary | {"seconds": time.time() - tic}
+    contexts = None
+    if cf.contexts:
+        if same and os.path.exists(context_path):
+            contexts = np.load(context_path)
+        else:
+            if params is None:
+                params = trainer.restore_best_params(os.path.join(out_dir, "cf"), model, dataset.users, cf_config)
+            contexts = event_contexts(model, params, dataset.users, config.data.max_history)
+            np.save(context_path, contexts)
+        summary["contexts"] = {"shape": list(contexts.shape)}
+    summary["shape"] = list(table.shape)
+    return table, contexts, summary
+
+
 def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset) -> tuple[Features, dict]:
     """Computes (or reuses from ``workdir``) the enabled embeddings; returns them and a summary."""
-    from gr_jax.models import registry
     from gr_jax.text.item_text import embed_items
     from gr_jax.text.minilm import TextEncoder
-    from gr_jax.training import trainer
 
     out_dir = os.path.join(workdir, "features")
     os.makedirs(out_dir, exist_ok=True)
@@ -65,28 +131,11 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
         np.save(os.path.join(out_dir, TEXT_FILE), features.text)
         summary["text"] = {"shape": list(features.text.shape), "seconds": time.time() - tic}
     if config.features.cf.enabled:
-        path = os.path.join(out_dir, CF_FILE)
-        key_path = os.path.join(out_dir, "cf_config.json")
-        key = json.dumps({"model": config.features.cf.model.to_dict(), "train": config.features.cf.train.to_dict(),
-                          "seed": config.seed}, sort_keys=True, default=str)
-        if os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key:
-            logging.info("Reusing collaborative embeddings %s (same features.cf config)", path)
-            features.cf = np.load(path)
-        else:
-            tic = time.time()
-            cf_config = cf_run_config(config)
-            model = registry.build(cf_config, dataset.num_items)
-            result = trainer.train(cf_config, os.path.join(out_dir, "cf"), model, dataset.users)
-            features.cf = np.asarray(model.item_embeddings(result.params), np.float32)
-            np.save(path, features.cf)
-            with open(key_path, "w") as f:
-                f.write(key)
-            summary["cf_train"] = result.summary | {"seconds": time.time() - tic}
-        summary["cf"] = {"shape": list(features.cf.shape)}
+        features.cf, features.contexts, summary["cf"] = _collaborative(config, out_dir, dataset)
     return features, summary
 
 
 def load_features(workdir: str) -> Features:
     """Embeddings a previous features stage left in ``workdir``."""
     load = lambda name: np.load(p) if os.path.exists(p := os.path.join(workdir, "features", name)) else None
-    return Features(text=load(TEXT_FILE), cf=load(CF_FILE))
+    return Features(text=load(TEXT_FILE), cf=load(CF_FILE), contexts=load(CONTEXT_FILE))

@@ -50,7 +50,11 @@ def same_target_partners(interactions: Interactions, rows: np.ndarray, seed: int
 
 
 def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
-    """Gathers histories and targets for ``rows`` of (user, target position)."""
+    """Gathers histories and targets for ``rows`` of (user, target position).
+
+    ``history_event``/``target_event`` are flat event indices into ``interactions.items`` (0 where
+    padded): models whose tokens depend on the event, not only the item (Pctx), key on them.
+    """
     users, positions = rows[:, 0], rows[:, 1]
     rel = positions[:, None] - max_history + np.arange(max_history)[None, :]  # [B, L] event positions
     mask = rel >= 0
@@ -61,6 +65,8 @@ def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: in
         "history": np.where(mask, interactions.items[flat], 0).astype(np.int32),
         "history_mask": mask,
         "target": interactions.items[target_flat].astype(np.int32),
+        "history_event": np.where(mask, flat, 0).astype(np.int32),
+        "target_event": target_flat.astype(np.int32),
     }
     if interactions.actions is not None:
         batch["history_actions"] = np.where(mask, interactions.actions[flat], 0).astype(np.int32)

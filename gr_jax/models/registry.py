@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from gr_jax.models import baselines, prism, sasrec, tiger
+from gr_jax.models import baselines, pctx, prism, sasrec, tiger
 
-MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism")
-SID_MODELS = ("tiger", "prism")  # models that generate semantic IDs (need the tokenize stage)
+MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx")
+SID_MODELS = ("tiger", "prism", "pctx")  # models that generate semantic IDs (need the tokenize stage)
 FEATURE_MODELS = ("prism",)  # models that read item features (need the features stage)
 
 
@@ -32,4 +32,11 @@ def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None, fea
                                  "config.stages (with features.text and features.cf enabled)")
             text, cf = features.get("text"), features.get("cf")
         return prism.PrismRecommender(config.model, sid_table, text, cf)
+    if name == "pctx":
+        from gr_jax.tokenizers.pctx import PersonalizedSIDs
+
+        if not isinstance(sid_table, PersonalizedSIDs):
+            raise ValueError("model 'pctx' needs personalized SIDs: set tokenizer.name='pctx' and run the tokenize "
+                             "stage (configs/pctx.py does both)")
+        return pctx.PctxRecommender(config.model, sid_table)
     raise ValueError(f"config.model.name={name!r}; expected one of {MODELS}")

@@ -1,5 +1,8 @@
 """The tokenize stage: item embeddings -> SID table artifact + codebook health report.
 
+``pctx`` instead writes ``pctx_sids.{npz,json}``: several SIDs per item and the SID of every
+event (``gr_jax.tokenizers.pctx``), from the features stage's event contexts and text.
+
 Reads the embeddings named by ``tokenizer.input`` from the features stage (or imports an
 LC-Rec ``index.json``; ``prism`` reads both the text and the CF embeddings plus each item's
 training-split popularity and category path), fits the configured tokenizer, resolves collisions, checks codebook
@@ -21,10 +24,11 @@ import numpy as np
 
 from gr_jax.data.dataset import Dataset
 from gr_jax.features import Features
-from gr_jax.tokenizers import collisions, health
+from gr_jax.tokenizers import collisions, health, pctx
+from gr_jax.tokenizers.pctx import PersonalizedSIDs
 from gr_jax.tokenizers.sid_table import SIDTable
 
-TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "index_json")
+TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
 COLLISION_MODES = ("dedup_digit", "reassign", "none")
 
 
@@ -149,10 +153,41 @@ def thresholds(cfg: ml_collections.ConfigDict) -> health.HealthThresholds:
     return health.HealthThresholds(**{k: (None if v is None or v < 0 else v) for k, v in values.items()})
 
 
+def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+                          features: Features) -> tuple[PersonalizedSIDs, dict]:
+    """Pctx: context centroids of every item -> one SID per (item, context) and every event's SID."""
+    from gr_jax.data.splits import train_event_mask
+
+    tok, out_dir, tic = config.tokenizer, os.path.join(workdir, "tokenize"), time.time()
+    if features.contexts is None:
+        raise ValueError("tokenizer.name='pctx' needs the event contexts: enable config.features.cf (a DuoRec) and "
+                         "config.features.cf.contexts, and run the features stage")
+    cfg = pctx.PctxConfig(**tok.pctx.to_dict())
+    table, info = pctx.fit_pctx(features.contexts, dataset.users.items, train_event_mask(dataset.users),
+                                features.get("text"), cfg)
+    table.validate(dataset.num_items, len(dataset.users.items))
+    levels = cfg.num_levels
+    report = health.compute_health(table.codes[:, :levels], table.codebook_sizes[:levels],
+                                   residual_energy=info.pop("residual_energy"), recon_error=info["recon_error"])
+    json_path, png_path = health.write_health(report, out_dir)
+    print(health.format_health(report), flush=True)
+    table.save(out_dir)
+    summary = {"tokenizer": "pctx", "num_levels": table.num_levels, "codebook_sizes": list(table.codebook_sizes),
+               "health": json_path, "health_png": png_path, "seconds": time.time() - tic} | info
+    if tok.health.enforce:  # SIDs are unique by construction (collision digit), so collisions are not checked
+        limits = dataclasses.replace(thresholds(tok.health), max_collision_rate=None)
+        health.check_health(report, limits)
+    logging.info("Pctx: %d SIDs for %d items (%.2f per item; %d centroids before merging).", info["num_sids"],
+                 dataset.num_items, info["mean_sids_per_item"]["final"], info["num_centroids"])
+    return table, summary
+
+
 def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
-             features: Features) -> tuple[SIDTable, dict]:
+             features: Features) -> tuple[SIDTable | PersonalizedSIDs, dict]:
     """Fits the tokenizer, writes the SID artifact and health report; returns the table and a summary."""
     tok = config.tokenizer
+    if tok.name == "pctx":
+        return tokenize_personalized(config, workdir, dataset, features)
     out_dir = os.path.join(workdir, "tokenize")
     tic = time.time()
     if tok.name == "index_json":
@@ -193,8 +228,11 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     return table, summary
 
 
-def load_sid_table(workdir: str) -> SIDTable:
+def load_sid_table(workdir: str) -> SIDTable | PersonalizedSIDs:
+    """The SID artifact a previous tokenize stage left in ``workdir`` (per item, or Pctx's per event)."""
     path = os.path.join(workdir, "tokenize")
+    if os.path.exists(os.path.join(path, pctx.JSON_NAME)):
+        return PersonalizedSIDs.load(path)
     if not os.path.exists(os.path.join(path, "sid_table.npz")):
         raise FileNotFoundError(f"no SID table in {path}; run the tokenize stage first")
     return SIDTable.load(path)

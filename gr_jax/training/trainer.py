@@ -96,9 +96,13 @@ def jit_train_step(model, optimizer, mesh, state_shardings):
                    out_shardings=(state_shardings, replicated))
 
 
-def jit_topk(model, mesh, params_shardings, k: int):
-    """``(params, local batch) -> [local B, k]`` numpy top-k items; the global batch is split along ``data``."""
-    topk = jax.jit(lambda p, b: model.topk(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+def jit_topk(model, mesh, params_shardings, k: int, selection: bool = False):
+    """``(params, local batch) -> [local B, k]`` numpy top-k items; the global batch is split along ``data``.
+
+    ``selection``: the ranking used to pick checkpoints, ``model.selection_topk`` when the model has
+    a cheaper one for that (Pctx: fewer inference copies), else ``model.topk``."""
+    method = getattr(model, "selection_topk", model.topk) if selection else model.topk
+    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
     return lambda params, batch: sharding.to_host_local(topk(params, sharding.shard_batch(batch, mesh)), mesh)
 
 
@@ -179,7 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
             loop = saved["loop"]
             logging.info("Resumed from step %d (best valid %s %.4f).", int(state.step), SELECT_METRIC, loop["best"])
         train_step = jit_train_step(model, optimizer, mesh, shardings)
-        topk = jit_topk(model, mesh, shardings.params, config.eval.list_size)
+        topk = jit_topk(model, mesh, shardings.params, config.eval.list_size, selection=True)
         logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s.",
                      config.model.name, num_params, total_steps, steps_per_epoch, train_cfg.batch_size,
                      eval_every, dict(mesh.shape))

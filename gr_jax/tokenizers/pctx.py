@@ -1,0 +1,365 @@
+"""Pctx's personalized tokenizer (Zhong et al., 2025): an item gets one SID per user *context*.
+
+Input: a context vector for every event (the DuoRec state at the event's position over the
+window of events ending with it; ``gr_jax.features.event_contexts``), the item of every event,
+which events are training events, and each item's text embedding. Steps (SPEC §4):
+
+1. **Allocation** (``centroid_counts``): items with training events fall into ``T`` groups by
+   quantiles of the *distinct* interaction counts, with group shares from a normalised gamma
+   pdf evaluated at 1..T; group ``g`` gets ``start + g·step`` centroids, or 1 when the item has
+   fewer interactions than that.
+2. **Clustering** (``kmeans_pp``): per-item k-means++ over its training contexts; empty
+   clusters are dropped. Items without training events get one centroid: the mean of all
+   training contexts (so their SID comes from their text).
+3. **Fusion**: PCA-whitened centroid (``context_pca_dim``) × α next to the PCA-whitened text
+   embedding of its item (``text_pca_dim``) × (1 − α).
+4. **Quantisation**: residual k-means ``num_levels × codebook_size`` over all fused centroids.
+5. **Merging**: an item's centroids with the same codes are one SID (they would differ only in
+   the collision digit); a collision digit then numbers the items sharing codes (item order);
+   then, repeatedly, every SID used by fewer than ``merge_threshold`` of its item's training
+   events merges (least used first) into the nearest remaining SID of that item, measured
+   between raw context centroids. Every event then maps to its centroid's surviving SID;
+   non-training events (valid/test positions) take their item's nearest centroid (merged ones
+   included) and follow the merge pointers.
+
+Facts (allocation rule, defaults, merge order) come from the authors' code (YoungZ365/Pctx,
+read only). Deviations: the quantiser is our
+Euclidean residual k-means (theirs is faiss' inner-product residual quantiser); the merge
+visits the SIDs below the threshold from least to most used (theirs in SID order) and skips one
+that absorbed enough events earlier in the pass (theirs merges it anyway); items without training events take the mean
+training context instead of the mean item embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from gr_jax.data.errors import DataError
+from gr_jax.tokenizers import collisions
+
+FORMAT_VERSION = 1
+NPZ_NAME, JSON_NAME = "pctx_sids.npz", "pctx_sids.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PctxConfig:
+    """Every knob of the personalized tokenizer; defaults are the paper's Scientific settings."""
+
+    personalized: bool = True  # False: one centroid (one SID) per item, the static ablation
+    num_groups: int = 10  # T quantile groups of interaction counts
+    first_centroids: int = 2  # centroids of group 0 ("start")
+    centroid_step: int = 3  # extra centroids per group ("d")
+    gamma_shape: float = 4.5  # k of the gamma pdf giving the group shares
+    kmeans_iters: int = 30
+    context_pca_dim: int = 64
+    text_pca_dim: int = 128
+    alpha: float = 0.5  # weight of the context part of the fused vector
+    num_levels: int = 3
+    codebook_size: int = 256
+    rq_iters: int = 50
+    merge_threshold: float = 0.2  # tau; 0 keeps every SID (the no-merging ablation)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_groups < 1 or self.first_centroids < 1 or self.centroid_step < 0:
+            raise ValueError(f"need num_groups >= 1, first_centroids >= 1, centroid_step >= 0; got {self}")
+        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.merge_threshold < 1.0:
+            raise ValueError(f"need alpha in [0, 1] and merge_threshold in [0, 1); got {self}")
+
+
+def group_shares(num_groups: int, gamma_shape: float) -> np.ndarray:
+    """Share of the distinct interaction counts in each group: the gamma pdf at 1..T, normalised and
+    rounded to two decimals, the rounding residue split between the two largest shares (as the authors)."""
+    x = np.arange(1, num_groups + 1, dtype=np.float64)
+    pdf = x ** (gamma_shape - 1.0) * np.exp(-x)  # the 1/Γ(k) factor cancels
+    shares = np.round(pdf / pdf.sum(), 2)
+    largest = np.argsort(-shares, kind="stable")[:2]
+    shares[largest] += (1.0 - shares.sum()) / len(largest)
+    return shares
+
+
+def centroid_counts(interaction_counts: np.ndarray, config: PctxConfig) -> np.ndarray:
+    """Centroids ``[num_items]`` each item gets (1 for items without training events)."""
+    counts = np.asarray(interaction_counts, np.int64)
+    active = counts > 0
+    distinct = np.unique(counts[active])
+    if not config.personalized or not len(distinct):
+        return np.ones(len(counts), np.int64)
+    shares = group_shares(config.num_groups, config.gamma_shape)
+    ends = np.cumsum(np.floor(shares[:-1] * len(distinct)).astype(np.int64))
+    bounds = np.append(distinct[np.maximum(ends, 1) - 1], distinct[-1])  # largest count of each group
+    group = np.minimum(np.searchsorted(bounds, counts, side="left"), config.num_groups - 1)
+    per_group = config.first_centroids + config.centroid_step * np.arange(config.num_groups)
+    k = per_group[group]
+    return np.where(active & (counts >= k), k, 1)
+
+
+def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, num_iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ seeding + Lloyd on a small set ``x [n, D]``; returns (centroids, labels) with empty
+    clusters dropped (so there may be fewer than ``k``)."""
+    x = np.asarray(x, np.float64)
+    if k <= 1 or len(x) <= 1:
+        return x.mean(0, keepdims=True), np.zeros(len(x), np.int64)
+    seeds = [int(rng.integers(len(x)))]
+    d2 = np.sum((x - x[seeds[0]]) ** 2, 1)
+    for _ in range(1, k):
+        total = d2.sum()
+        pick = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        seeds.append(pick)
+        d2 = np.minimum(d2, np.sum((x - x[pick]) ** 2, 1))
+    centroids = x[seeds]
+    labels = np.zeros(len(x), np.int64)
+    for _ in range(num_iters):
+        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), 1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, x)
+        sizes = np.bincount(labels, minlength=k)
+        updated = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centroids)
+        if np.allclose(updated, centroids):
+            break
+        centroids = updated
+    labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), 1)
+    used = np.unique(labels)
+    return centroids[used], np.searchsorted(used, labels)
+
+
+def pca_whiten(x: np.ndarray, dim: int) -> np.ndarray:
+    """Rows of ``x`` projected on their top ``dim`` principal components, each scaled to unit variance."""
+    x = np.asarray(x, np.float64)
+    centered = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
+    dim = min(dim, len(s))
+    scale = np.maximum(s[:dim] / np.sqrt(max(len(x) - 1, 1)), 1e-8)
+    return (centered @ vt[:dim].T) / scale
+
+
+def merge_rare(counts: np.ndarray, centroids: np.ndarray, threshold: float) -> np.ndarray:
+    """One item's merge pointers ``[C]`` (``p[c] = c`` for survivors) under the frequency rule.
+
+    ``counts [C]``: training events per SID (0 for SIDs already merged away: they are left
+    alone); ``centroids [C, D]``: raw context centroids. A SID whose share of the item's events
+    is below ``threshold`` merges into the nearest SID still standing, least used first, until
+    every survivor reaches the threshold (or one survivor is left).
+    """
+    counts = np.asarray(counts, np.float64).copy()
+    pointer = np.arange(len(counts))
+    alive = counts > 0
+    while alive.sum() > 1:
+        total = counts[alive].sum()
+        share = counts / total
+        rare = [c for c in np.argsort(share, kind="stable") if alive[c] and share[c] < threshold]
+        if not rare:
+            break
+        for c in rare:
+            if counts[c] / total >= threshold:  # grew past the threshold by absorbing others in this pass
+                continue
+            others = np.flatnonzero(alive & (np.arange(len(counts)) != c))
+            if not len(others):
+                break
+            target = others[np.argmin(np.sum((centroids[others] - centroids[c]) ** 2, 1))]
+            pointer[c], alive[c] = target, False
+            counts[target] += counts[c]
+            counts[c] = 0
+    return pointer
+
+
+@dataclasses.dataclass
+class PersonalizedSIDs:
+    """The Pctx artifact: every SID of every item, and the SID of every event.
+
+    ``codes [S, L]`` int32 (unique rows), ``sid_item [S]`` the item of each SID, ``event_sid [E]``
+    the SID row of every event (``Interactions.items`` order), ``item_sids [num_items, V]`` each
+    item's SID rows (-1 padded) with ``item_sid_counts`` their training-event counts (the draw
+    weights of augmentation and of the inference copies; items without training events count 1).
+    """
+
+    codes: np.ndarray
+    sid_item: np.ndarray
+    event_sid: np.ndarray
+    item_sids: np.ndarray
+    item_sid_counts: np.ndarray
+    codebook_sizes: tuple[int, ...]
+    codebooks: list[np.ndarray] | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.codes = np.asarray(self.codes, np.int32)
+        self.sid_item = np.asarray(self.sid_item, np.int32)
+        self.event_sid = np.asarray(self.event_sid, np.int32)
+        self.item_sids = np.asarray(self.item_sids, np.int32)
+        self.item_sid_counts = np.asarray(self.item_sid_counts, np.int32)
+        self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_sids)
+
+    @property
+    def num_levels(self) -> int:
+        return self.codes.shape[1]
+
+    def sids_per_item(self) -> np.ndarray:
+        return (self.item_sids >= 0).sum(1)
+
+    def validate(self, num_items: int, num_events: int) -> None:
+        """Raises ``DataError`` when the artifact does not fit the dataset (e.g. a stale workdir)."""
+        if self.num_items != num_items or len(self.event_sid) != num_events:
+            raise DataError(f"Pctx SIDs cover {self.num_items} items / {len(self.event_sid)} events but the dataset "
+                            f"has {num_items} / {num_events}; rerun the tokenize stage for this dataset")
+        if len(np.unique(self.codes, axis=0)) != len(self.codes):
+            raise DataError("Pctx SIDs are not unique; the artifact is corrupt, rerun the tokenize stage")
+        if (self.sids_per_item() < 1).any():
+            raise DataError("some items have no Pctx SID; rerun the tokenize stage")
+        if self.event_sid.min() < 0 or self.event_sid.max() >= len(self.codes):
+            raise DataError("event SIDs out of range; rerun the tokenize stage")
+        for level, size in enumerate(self.codebook_sizes):
+            if self.codes[:, level].max() >= size:
+                raise DataError(f"level-{level} codes exceed its codebook size {size}")
+
+    def save(self, out_dir: str) -> None:
+        os.makedirs(out_dir, exist_ok=True)
+        arrays = {k: getattr(self, k) for k in ("codes", "sid_item", "event_sid", "item_sids", "item_sid_counts")}
+        for level, codebook in enumerate(self.codebooks or []):
+            arrays[f"codebook_{level}"] = codebook
+        np.savez_compressed(os.path.join(out_dir, NPZ_NAME), **arrays)
+        with open(os.path.join(out_dir, JSON_NAME), "w") as f:
+            json.dump({"format_version": FORMAT_VERSION, "codebook_sizes": list(self.codebook_sizes),
+                       "num_codebooks": len(self.codebooks or []), "meta": self.meta}, f, indent=2)
+
+    @classmethod
+    def load(cls, in_dir: str) -> "PersonalizedSIDs":
+        with open(os.path.join(in_dir, JSON_NAME)) as f:
+            header = json.load(f)
+        if header.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{in_dir}/{JSON_NAME} has format_version {header.get('format_version')}, expected "
+                            f"{FORMAT_VERSION}; rerun the tokenize stage")
+        data = np.load(os.path.join(in_dir, NPZ_NAME))
+        return cls(data["codes"], data["sid_item"], data["event_sid"], data["item_sids"], data["item_sid_counts"],
+                   header["codebook_sizes"], [data[f"codebook_{l}"] for l in range(header["num_codebooks"])],
+                   header["meta"])
+
+
+def _count_histogram(values: np.ndarray) -> dict[str, int]:
+    keys, counts = np.unique(values, return_counts=True)
+    return {str(int(k)): int(c) for k, c in zip(keys, counts)}
+
+
+def _resolve(pointer: np.ndarray) -> np.ndarray:
+    """Follows merge pointers to their survivors."""
+    resolved = pointer.copy()
+    while True:
+        nxt = resolved[resolved]
+        if np.array_equal(nxt, resolved):
+            return resolved
+        resolved = nxt
+
+
+def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.ndarray, text: np.ndarray,
+             config: PctxConfig) -> tuple[PersonalizedSIDs, dict]:
+    """Runs steps 1-5 (module docstring); returns the artifact and a summary of SIDs per item.
+
+    ``contexts [E, D]`` float, ``event_items [E]`` int, ``train_events [E]`` bool, ``text [N, F]``.
+    """
+    from gr_jax.tokenizers.rq_kmeans import RQKMeansConfig, fit_rq_kmeans
+
+    contexts = np.asarray(contexts, np.float64)
+    event_items = np.asarray(event_items, np.int64)
+    train_events = np.asarray(train_events, bool)
+    num_items = len(text)
+    if not (len(contexts) == len(event_items) == len(train_events)):
+        raise ValueError(f"{len(contexts)} contexts, {len(event_items)} event items, {len(train_events)} train flags")
+    if not train_events.any():
+        raise ValueError("no training events to cluster")
+    rng = np.random.default_rng(config.seed)
+    train_ids = np.flatnonzero(train_events)
+    counts = np.bincount(event_items[train_ids], minlength=num_items)
+    k_per_item = centroid_counts(counts, config)
+    by_item = np.split(train_ids[np.argsort(event_items[train_ids], kind="stable")], np.cumsum(counts)[:-1])
+    fallback = contexts[train_ids].mean(0)
+
+    # 1-2: per-item centroids, in item order; each training event's centroid.
+    centroids, centroid_item, event_centroid = [], [], np.full(len(contexts), -1, np.int64)
+    for item in range(num_items):
+        members = by_item[item]
+        if len(members):
+            c, labels = kmeans_pp(contexts[members], int(k_per_item[item]), rng, config.kmeans_iters)
+            event_centroid[members] = len(centroid_item) + labels
+        else:
+            c = fallback[None]
+        centroids.append(c)
+        centroid_item.extend([item] * len(c))
+    centroids, centroid_item = np.concatenate(centroids), np.asarray(centroid_item, np.int64)
+    num_centroids = len(centroids)
+    if num_centroids < config.codebook_size:
+        raise ValueError(f"{num_centroids} centroids cannot fill a codebook of {config.codebook_size} codes; "
+                         f"lower tokenizer.pctx.codebook_size")
+
+    # 3-4: fusion and quantisation.
+    text_part = pca_whiten(text, config.text_pca_dim)[centroid_item]
+    fused = np.concatenate([config.alpha * pca_whiten(centroids, config.context_pca_dim),
+                            (1.0 - config.alpha) * text_part], 1).astype(np.float32)
+    rq = fit_rq_kmeans(fused, RQKMeansConfig(num_levels=config.num_levels, codebook_size=config.codebook_size,
+                                             num_iters=config.rq_iters, normalize_input=False, seed=config.seed))
+
+    # 5a: an item's centroids with the same codes are one SID (the first); the collision digit then
+    # numbers the distinct items sharing codes.
+    _, prefix_group = np.unique(np.column_stack([centroid_item, rq.codes]), axis=0, return_inverse=True)
+    prefix_group = prefix_group.reshape(-1)
+    first_of_group = np.full(prefix_group.max() + 1, num_centroids)
+    np.minimum.at(first_of_group, prefix_group, np.arange(num_centroids))
+    pointer = first_of_group[prefix_group]
+    distinct = np.flatnonzero(pointer == np.arange(num_centroids))
+    codes = np.zeros((num_centroids, config.num_levels + 1), np.int64)
+    codes[distinct] = collisions.add_dedup_digit(rq.codes[distinct])
+    if codes[:, -1].max() >= config.codebook_size:
+        raise ValueError(f"{codes[:, -1].max() + 1} items share one SID prefix, more than the collision digit's "
+                         f"{config.codebook_size} codes; raise tokenizer.pctx.codebook_size")
+    after_digit_merge = np.bincount(centroid_item[distinct], minlength=num_items)
+
+    # 5b: SIDs used by fewer than tau of their item's training events merge into the nearest survivor.
+    event_counts = np.bincount(pointer[event_centroid[train_ids]], minlength=num_centroids)
+    starts = np.searchsorted(centroid_item, np.arange(num_items))
+    ends = np.searchsorted(centroid_item, np.arange(num_items), side="right")
+    if config.merge_threshold > 0:
+        for item in np.flatnonzero(after_digit_merge > 1):
+            s, e = starts[item], ends[item]
+            own = merge_rare(event_counts[s:e], centroids[s:e], config.merge_threshold)
+            pointer[s:e] = np.where(pointer[s:e] == np.arange(s, e), s + own, pointer[s:e])
+    pointer = _resolve(pointer)
+    # Events outside training: nearest centroid of their item (merged ones included).
+    for event in np.flatnonzero(~train_events):
+        item = event_items[event]
+        s, e = starts[item], ends[item]
+        event_centroid[event] = s + np.argmin(np.sum((centroids[s:e] - contexts[event]) ** 2, 1))
+
+    survivors = np.flatnonzero(pointer == np.arange(num_centroids))
+    row_of = np.full(num_centroids, -1, np.int64)
+    row_of[survivors] = np.arange(len(survivors))
+    event_sid = row_of[pointer[event_centroid]]
+    sid_item = centroid_item[survivors]
+    sid_counts = np.bincount(event_sid[train_ids], minlength=len(survivors))
+    sid_counts = np.where(counts[sid_item] == 0, 1, sid_counts)  # items without training events
+    per_item = np.bincount(sid_item, minlength=num_items)
+    item_sids = np.full((num_items, per_item.max()), -1, np.int64)
+    rank = np.arange(len(survivors)) - np.repeat(np.cumsum(per_item) - per_item, per_item)
+    item_sids[sid_item, rank] = np.arange(len(survivors))
+    item_sid_counts = np.where(item_sids >= 0, sid_counts[np.maximum(item_sids, 0)], 0)
+    table = PersonalizedSIDs(codes[survivors], sid_item, event_sid, item_sids, item_sid_counts,
+                             (config.codebook_size,) * (config.num_levels + 1), list(rq.codebooks),
+                             meta={"tokenizer": "pctx", "personalized": config.personalized})
+    centroids_per_item = np.bincount(centroid_item, minlength=num_items)
+    summary = {
+        "num_centroids": num_centroids, "num_sids": len(survivors),
+        "sids_per_item": {"clusters": _count_histogram(centroids_per_item),
+                          "after_digit_merge": _count_histogram(after_digit_merge),
+                          "final": _count_histogram(per_item)},
+        "mean_sids_per_item": {"clusters": float(centroids_per_item.mean()),
+                               "after_digit_merge": float(after_digit_merge.mean()), "final": float(per_item.mean())},
+        "prefix_collision_rate": float(1.0 - len(np.unique(rq.codes, axis=0)) / num_centroids),
+        "recon_error": float(rq.recon_error), "residual_energy": [float(e) for e in rq.residual_energy],
+        "rq_seconds": float(rq.fit_seconds)}
+    return table, summary
