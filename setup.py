@@ -30,7 +30,8 @@ setup(
         "safetensors>=0.4",  # MiniLM weights, read without PyTorch
     ],
     extras_require={
-        "test": ["pytest>=8"],
-        "retrieval": ["scann>=1.4"],  # ANN serving; x86-64 Linux wheels only
+        # scann ships x86-64 Linux wheels only; elsewhere tests/retrieval skips its ScaNN tests
+        "test": ["pytest>=8", "scann>=1.4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        "retrieval": ["scann>=1.4"],  # ANN serving
     },
 )

@@ -44,8 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Synthetic default: a laptop-sized model (as configs/prism.py) and 64-code levels.
         c.features.cf.train.num_epochs = 10
         c.tokenizer.pctx.codebook_size = 64
-        c.model.update(item_level_history=True, embed_dim=64, num_encoder_layers=2, num_decoder_layers=2,
-                       num_heads=4, head_dim=16, mlp_dim=256, beam_size=20)
+        tiger.use_laptop_model(c)
+        c.model.beam_size = 20
         c.train.num_epochs = 10
         c.train.eval_every_epochs = 5
     elif arg == "tiny":

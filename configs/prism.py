@@ -60,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # (bench/train_throughput.py --model prism), hence 5 epochs (395 steps).
         c.features.cf.train.num_epochs = 10
         c.tokenizer.prism.codebook_size = 64
-        c.model.update(item_level_history=True, embed_dim=64, num_encoder_layers=2, num_decoder_layers=2,
-                       num_heads=4, head_dim=16, mlp_dim=256, expert_dim=128)
+        tiger.use_laptop_model(c)
+        c.model.expert_dim = 128
         c.train.num_epochs = 5
         c.train.eval_every_epochs = 5
     elif arg == "tiny":

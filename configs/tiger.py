@@ -26,6 +26,13 @@ def model_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_laptop_model(c: ml_collections.ConfigDict) -> None:
+    """A laptop-sized encoder-decoder (2+2 layers, d 64, one vector per history item) for the
+    synthetic default runs of the systems built on TIGER."""
+    c.model.update(item_level_history=True, embed_dim=64, num_encoder_layers=2, num_decoder_layers=2, num_heads=4,
+                   head_dim=16, mlp_dim=256)
+
+
 def apply_budget(c: ml_collections.ConfigDict, arg: str | None) -> None:
     """Training defaults and per-variant budgets shared by the SID generators (TIGER, PRISM), so
     that their ``:scientific`` rows compare at equal budget."""
