@@ -1,0 +1,206 @@
+"""Two-tower retrieval over frozen item features (user modeling, approach A).
+
+- **User tower**: the Q-Former (``user_tower.QFormer``, default ``history_read``) reads the
+  history's frozen item features into M query states ``[B, M, D]``; one Set Transformer block
+  (pre-LayerNorm residual multi-head self-attention over the M states, then a GELU MLP) lets the
+  queries exchange information; attention pooling by one learned seed (PMA, Lee et al., 2019)
+  gives one vector, projected to the item dimension E and L2-normalised.
+- **Item tower** (``ItemTower``): a trainable MLP over the item's frozen features (MiniLM text
+  and/or the CF table, each row L2-normalised, then concatenated) -> E, L2-normalised. Shared
+  with ``crbr_recommender``.
+- **Loss**: InfoNCE with temperature τ of the user vector against its next item, negatives =
+  the other users' next items in the batch plus ``num_sampled_negatives`` items drawn uniformly
+  from the catalogue (shared by the batch); a negative that is the user's own target (a repeated
+  in-batch target or an unlucky sample) is masked out. Optionally plus ``aux_weight`` times the
+  Q-Former's pre-training losses (ITC, masked-history reconstruction, query orthogonality;
+  ``QFormerUserTower.loss``), off by default.
+- **Retrieval** (``topk``): exact top-k of ``user · item`` over the whole catalogue inside jit
+  (``retrieval.exact.exact_topk``); nothing is masked (history items may be recommended again,
+  as for every other model of the pipeline).
+
+Params: ``{"qformer", "user_head", "item_tower"}``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gr_jax.models.sasrec import NEG_INF
+from gr_jax.models.user_tower import QFormer, QFormerUserTower
+from gr_jax.retrieval.exact import exact_topk
+from gr_jax.tokenizers.rq_vae import l2_normalize
+
+FEATURE_SOURCES = ("text", "cf")
+
+
+def item_feature_table(model_config: ml_collections.ConfigDict, features) -> np.ndarray:
+    """Frozen item features ``[N, F]``: the sources named by ``model.item_features`` ("text",
+    "cf" or "text+cf"), each row L2-normalised (so each source weighs the same), concatenated."""
+    names = [s.strip() for s in model_config.item_features.split("+") if s.strip()]
+    if not names or any(n not in FEATURE_SOURCES for n in names):
+        raise ValueError(f"model.item_features={model_config.item_features!r}; expected 'text', 'cf' or 'text+cf'")
+    if features is None:
+        raise ValueError(f"model {model_config.name!r} reads item features: add the features stage to "
+                         f"config.stages (with features.{' and features.'.join(names)} enabled)")
+    tables = []
+    for name in names:
+        table = np.asarray(features.get(name), np.float32)
+        tables.append(table / np.maximum(np.linalg.norm(table, axis=-1, keepdims=True), 1e-12))
+    if len({len(t) for t in tables}) != 1:
+        raise ValueError(f"item feature tables of different lengths: {[len(t) for t in tables]}")
+    return np.concatenate(tables, -1)
+
+
+def build_qformer(model_config: ml_collections.ConfigDict) -> QFormer:
+    return QFormer(num_queries=model_config.num_queries, embed_dim=model_config.embed_dim,
+                   num_layers=model_config.num_layers, num_heads=model_config.num_heads,
+                   head_dim=model_config.head_dim, mlp_dim=model_config.mlp_dim,
+                   recency_scale=model_config.recency_scale, dropout=model_config.dropout,
+                   history_read=model_config.history_read)
+
+
+class ItemTower(nn.Module):
+    """Frozen item features ``[..., F]`` -> unit item vectors ``[..., out_dim]``: input LayerNorm,
+    ``num_layers`` GELU hidden layers of ``hidden_dim``, a linear output."""
+
+    out_dim: int = 64
+    hidden_dim: int = 256
+    num_layers: int = 1
+
+    @nn.compact
+    def __call__(self, features):
+        x = nn.LayerNorm(name="input_norm")(features)
+        for i in range(self.num_layers):
+            x = nn.gelu(nn.Dense(self.hidden_dim, name=f"hidden_{i}")(x))
+        return l2_normalize(nn.Dense(self.out_dim, name="out")(x))
+
+
+def build_item_tower(model_config: ml_collections.ConfigDict) -> ItemTower:
+    return ItemTower(out_dim=model_config.item_dim, hidden_dim=model_config.item_hidden_dim,
+                     num_layers=model_config.item_num_layers)
+
+
+class SetPoolingHead(nn.Module):
+    """Query states ``[B, M, D]`` -> one unit user vector ``[B, out_dim]``: a Set Transformer
+    block (pre-norm self-attention + MLP, residual) and attention pooling by one learned seed."""
+
+    num_heads: int = 4
+    mlp_dim: int = 256
+    out_dim: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        y = nn.LayerNorm(name="attention_norm")(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="self_attention")(y, y)
+        y = nn.LayerNorm(name="mlp_norm")(x)
+        x = x + nn.Dense(d, name="mlp_out")(nn.gelu(nn.Dense(self.mlp_dim, name="mlp_hidden")(y)))
+        seed = self.param("seed", nn.initializers.normal(0.02), (1, d))
+        seeds = jnp.broadcast_to(seed, (x.shape[0], 1, d))
+        y = nn.LayerNorm(name="pool_norm")(x)
+        pooled = seeds + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="pool")(seeds, y)
+        return l2_normalize(nn.Dense(self.out_dim, name="out")(nn.LayerNorm(name="out_norm")(pooled[:, 0])))
+
+
+def info_nce_with_negatives(users, positives, negatives, targets, negative_ids, temperature: float):
+    """InfoNCE of unit users ``[B, E]`` against their positives ``[B, E]``; negatives: the other
+    rows' positives and ``negatives [S, E]`` (items ``negative_ids [S]``). Columns whose item is
+    the row's own target (other than the diagonal) are masked out."""
+    batch = users.shape[0]
+    candidates = jnp.concatenate([positives, negatives], 0)
+    ids = jnp.concatenate([targets, negative_ids], 0)
+    logits = users @ candidates.T / temperature  # [B, B + S]
+    column = jnp.arange(candidates.shape[0])
+    false_negative = (ids[None, :] == targets[:, None]) & (column[None, :] != jnp.arange(batch)[:, None])
+    logits = jnp.where(false_negative, NEG_INF, logits)
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
+
+
+class FeatureTowerBase:
+    """Shared by the two-tower and CRBR recommenders: the frozen feature table, the Q-Former and
+    the item tower."""
+
+    trainable = True
+
+    def __init__(self, model_config: ml_collections.ConfigDict, features):
+        self.config = model_config
+        self.features = jnp.asarray(item_feature_table(model_config, features))
+        self.num_items = self.features.shape[0]
+        self.qformer = build_qformer(model_config)
+        self.item_tower = build_item_tower(model_config)
+        self.qformer_tower = QFormerUserTower(self.qformer, temperature=model_config.aux_temperature,
+                                              mask_ratio=model_config.aux_mask_ratio,
+                                              reconstruction_weight=model_config.aux_reconstruction_weight,
+                                              orthogonality_weight=model_config.aux_orthogonality_weight)
+
+    def qformer_batch(self, batch: dict) -> dict:
+        return {"history_features": self.features[batch["history"]], "history_mask": batch["history_mask"],
+                "target_features": self.features[batch["target"]]}
+
+    def init_towers(self, rng: jax.Array, batch: dict) -> dict:
+        q_rng, i_rng = jax.random.split(rng)
+        return {"qformer": self.qformer_tower.init(q_rng, self.qformer_batch(batch)),
+                "item_tower": self.item_tower.init(i_rng, self.features[:1])["params"]}
+
+    def query_states(self, params: dict, batch: dict, rng: jax.Array | None = None) -> jax.Array:
+        """Q-Former query states ``[B, M, D]`` (dropout when ``rng`` is given)."""
+        train = rng is not None
+        return self.qformer.apply({"params": params["qformer"]}, self.features[batch["history"]],
+                                  batch["history_mask"], None, train, rngs={"dropout": rng} if train else None)
+
+    def item_vectors(self, params: dict, ids: jax.Array | None = None) -> jax.Array:
+        """Unit item vectors ``[..., E]`` of ``ids`` (all items when None)."""
+        features = self.features if ids is None else self.features[ids]
+        return self.item_tower.apply({"params": params["item_tower"]}, features)
+
+    def item_embeddings(self, params: dict) -> jax.Array:
+        """The item tower's vectors of the whole catalogue ``[N, E]`` (the retrieval index)."""
+        return self.item_vectors(params)
+
+    def aux_loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        loss, metrics = self.qformer_tower.loss(params["qformer"], self.qformer_batch(batch), rng)
+        return loss, {f"aux_{k}": v for k, v in metrics.items()}
+
+
+class TwoTowerRecommender(FeatureTowerBase):
+    """Two towers behind the trainer's model interface (``init``, ``loss``, ``topk``,
+    ``item_embeddings``); ``user_vectors`` gives the unit user vectors ``[B, E]``."""
+
+    def __init__(self, model_config: ml_collections.ConfigDict, features):
+        super().__init__(model_config, features)
+        self.head = SetPoolingHead(num_heads=model_config.set_num_heads, mlp_dim=model_config.set_mlp_dim,
+                                   out_dim=model_config.item_dim)
+
+    def init(self, rng: jax.Array, batch: dict) -> dict:
+        tower_rng, head_rng = jax.random.split(rng)
+        params = self.init_towers(tower_rng, batch)
+        states = jnp.zeros((1, self.config.num_queries, self.config.embed_dim), jnp.float32)
+        params["user_head"] = self.head.init(head_rng, states)["params"]
+        return params
+
+    def _users(self, params: dict, batch: dict, rng: jax.Array | None = None) -> jax.Array:
+        return self.head.apply({"params": params["user_head"]}, self.query_states(params, batch, rng))
+
+    def user_vectors(self, params: dict, batch: dict) -> jax.Array:
+        """Unit user vectors ``[B, E]`` (inference: no dropout)."""
+        return self._users(params, batch)
+
+    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        dropout_rng, negative_rng, aux_rng = jax.random.split(rng, 3)
+        users = self._users(params, batch, dropout_rng)
+        targets = batch["target"]
+        negative_ids = jax.random.randint(negative_rng, (self.config.num_sampled_negatives,), 0, self.num_items)
+        vectors = self.item_vectors(params, jnp.concatenate([targets, negative_ids]))
+        positives, negatives = vectors[:targets.shape[0]], vectors[targets.shape[0]:]
+        nce = info_nce_with_negatives(users, positives, negatives, targets, negative_ids, self.config.temperature)
+        if self.config.aux_weight <= 0:
+            return nce, {"info_nce_loss": nce}
+        aux, metrics = self.aux_loss(params, batch, aux_rng)
+        return nce + self.config.aux_weight * aux, {"info_nce_loss": nce, "aux_loss": aux} | metrics
+
+    def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
+        return exact_topk(self.user_vectors(params, batch), self.item_embeddings(params), k)[0]
