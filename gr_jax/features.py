@@ -50,12 +50,12 @@ def cf_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def event_windows(interactions: Interactions, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Items ``[E, window]`` and mask of the window of events ending with each event (left-padded)."""
-    lengths = interactions.lengths
-    user = np.repeat(np.arange(len(lengths)), lengths)
+    from gr_jax.data.splits import event_window
+
+    user = np.repeat(np.arange(len(interactions)), interactions.lengths)
     position = np.arange(len(interactions.items)) - interactions.offsets[user]
-    rel = position[:, None] - window + 1 + np.arange(window)[None]
-    mask = rel >= 0
-    return np.where(mask, interactions.items[interactions.offsets[user][:, None] + np.maximum(rel, 0)], 0), mask
+    flat, mask = event_window(interactions, user, position + 1, window)
+    return np.where(mask, interactions.items[flat], 0), mask
 
 
 def event_contexts(model, params, interactions: Interactions, window: int, batch_size: int = 1024) -> np.ndarray:

@@ -94,7 +94,7 @@ def _sid_table(ctx: Context):
     if ctx.sid_table is None:
         from gr_jax.tokenizers.stage import load_sid_table
 
-        ctx.sid_table = load_sid_table(ctx.workdir)
+        ctx.sid_table = load_sid_table(ctx.workdir, ctx.config.tokenizer.name)
     return ctx.sid_table
 
 

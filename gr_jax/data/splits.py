@@ -49,6 +49,15 @@ def same_target_partners(interactions: Interactions, rows: np.ndarray, seed: int
     return partners
 
 
+def event_window(interactions: Interactions, users: np.ndarray, ends: np.ndarray,
+                 length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat event indices ``[B, length]`` (0 where padded) and mask of each user's events at positions
+    ``[end - length, end)``, left-padded so the newest is last."""
+    rel = np.asarray(ends)[:, None] - length + np.arange(length)[None, :]
+    mask = rel >= 0
+    return np.where(mask, interactions.offsets[users][:, None] + np.maximum(rel, 0), 0), mask
+
+
 def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
     """Gathers histories and targets for ``rows`` of (user, target position).
 
@@ -56,16 +65,14 @@ def assemble_batch(interactions: Interactions, rows: np.ndarray, max_history: in
     padded): models whose tokens depend on the event, not only the item (Pctx), key on them.
     """
     users, positions = rows[:, 0], rows[:, 1]
-    rel = positions[:, None] - max_history + np.arange(max_history)[None, :]  # [B, L] event positions
-    mask = rel >= 0
-    flat = interactions.offsets[users][:, None] + np.where(mask, rel, 0)
+    flat, mask = event_window(interactions, users, positions, max_history)
     target_flat = interactions.offsets[users] + positions
     batch = {
         "user": users.astype(np.int32),
         "history": np.where(mask, interactions.items[flat], 0).astype(np.int32),
         "history_mask": mask,
         "target": interactions.items[target_flat].astype(np.int32),
-        "history_event": np.where(mask, flat, 0).astype(np.int32),
+        "history_event": flat.astype(np.int32),
         "target_event": target_flat.astype(np.int32),
     }
     if interactions.actions is not None:

@@ -100,7 +100,10 @@ def centroid_counts(interaction_counts: np.ndarray, config: PctxConfig) -> np.nd
 
 def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, num_iters: int) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding + Lloyd on a small set ``x [n, D]``; returns (centroids, labels) with empty
-    clusters dropped (so there may be fewer than ``k``)."""
+    clusters dropped (so there may be fewer than ``k``).
+
+    NumPy, not ``tokenizers.kmeans``: thousands of items each with its own (n, k) would compile one
+    jitted program per shape, far slower than these few-row problems take to solve."""
     x = np.asarray(x, np.float64)
     if k <= 1 or len(x) <= 1:
         return x.mean(0, keepdims=True), np.zeros(len(x), np.int64)
@@ -307,11 +310,9 @@ def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.nda
 
     # 5a: an item's centroids with the same codes are one SID (the first); the collision digit then
     # numbers the distinct items sharing codes.
-    _, prefix_group = np.unique(np.column_stack([centroid_item, rq.codes]), axis=0, return_inverse=True)
-    prefix_group = prefix_group.reshape(-1)
-    first_of_group = np.full(prefix_group.max() + 1, num_centroids)
-    np.minimum.at(first_of_group, prefix_group, np.arange(num_centroids))
-    pointer = first_of_group[prefix_group]
+    _, first_of_group, prefix_group = np.unique(np.column_stack([centroid_item, rq.codes]), axis=0,
+                                                return_index=True, return_inverse=True)
+    pointer = first_of_group[prefix_group.reshape(-1)]
     distinct = np.flatnonzero(pointer == np.arange(num_centroids))
     codes = np.zeros((num_centroids, config.num_levels + 1), np.int64)
     codes[distinct] = collisions.add_dedup_digit(rq.codes[distinct])

@@ -228,10 +228,13 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     return table, summary
 
 
-def load_sid_table(workdir: str) -> SIDTable | PersonalizedSIDs:
-    """The SID artifact a previous tokenize stage left in ``workdir`` (per item, or Pctx's per event)."""
+def load_sid_table(workdir: str, tokenizer: str) -> SIDTable | PersonalizedSIDs:
+    """The SID artifact a previous tokenize stage with ``tokenizer`` left in ``workdir`` (per item, or
+    Pctx's per event)."""
     path = os.path.join(workdir, "tokenize")
-    if os.path.exists(os.path.join(path, pctx.JSON_NAME)):
+    if tokenizer == "pctx":
+        if not os.path.exists(os.path.join(path, pctx.JSON_NAME)):
+            raise FileNotFoundError(f"no Pctx SIDs in {path}; run the tokenize stage with tokenizer.name='pctx' first")
         return PersonalizedSIDs.load(path)
     if not os.path.exists(os.path.join(path, "sid_table.npz")):
         raise FileNotFoundError(f"no SID table in {path}; run the tokenize stage first")
