@@ -1,17 +1,18 @@
 """ScaNN vs exact top-k retrieval: queries/s at batch 1 and 256, recall@10 against exact.
 
     python bench/ann.py [--num_vectors 1000000] [--dim 64] [--clusters 1000] [--sigma 0.1] [--queries 10000]
-                        [--item_vectors PATH.npy] [--workdir DIR]
+                        [--item_vectors PATH.npy [--skip_synthetic]] [--workdir DIR]
 
 Synthetic catalogue (numpy ``default_rng(--seed)``): ``--clusters`` centres ~ N(0, I_dim), each
 scaled to unit norm; each of the ``--num_vectors`` items picks a centre uniformly at random and is
 ``centre + sigma * N(0, I_dim)`` scaled to unit norm. The ``--queries`` queries are drawn the same
 way from the same centres. With ``--item_vectors`` the benchmark also runs on the rows of that
 ``.npy`` file ``[N, d]`` as they are (no normalisation), with ``--queries`` rows drawn at random
-as queries (item-to-item retrieval).
+as queries (item-to-item retrieval), through the tree even below ``brute_force_below``.
 
 Exact = ``gr_jax.retrieval.exact.exact_topk`` (jitted dot products + ``lax.top_k``, catalogue on
-device); ScaNN = ``build_index`` with the default ``ScannConfig`` (auto leaves, AH, reorder).
+device); ScaNN = ``build_index`` with the default ``ScannConfig`` (auto leaves, AH, reorder) except
+``recall_sample=0`` (no recall log inside the timed build).
 Batch-256 throughput runs every full batch of 256 queries; batch 1 runs single queries (at most
 ``--batch1_queries`` for exact, every query for ScaNN); each after a warm-up call. Prints one
 JSON line per catalogue: build and save/load seconds, index size, queries/s, ``recall@10`` and
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit  # noqa: E402
 from gr_jax.retrieval.exact import exact_topk, topk_recall  # noqa: E402
-from gr_jax.retrieval.scann_index import build_index, load_index  # noqa: E402
+from gr_jax.retrieval.scann_index import ScannConfig, build_index, load_index  # noqa: E402
 
 BATCH, K = 256, 10
 
@@ -53,21 +54,26 @@ def clustered(num_items: int, num_queries: int, dim: int, clusters: int, sigma: 
     return draw(num_items), draw(num_queries)
 
 
-def queries_per_s(search, queries: np.ndarray, batch: int) -> float:
-    """Queries/s of ``search`` over ``queries`` in consecutive batches of ``batch`` (after one warm-up batch)."""
+def timed_search(search, queries: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """Queries/s of ``search(queries) -> (ids, scores)`` over ``queries`` in consecutive batches of
+    ``batch`` (after one warm-up batch), and the ids it found ``[len(queries), k]``."""
     jax.block_until_ready(search(queries[:batch]))
+    ids = []
     tic = time.perf_counter()
     for start in range(0, len(queries), batch):
-        jax.block_until_ready(search(queries[start:start + batch]))
-    return len(queries) / (time.perf_counter() - tic)
+        ids.append(jax.block_until_ready(search(queries[start:start + batch]))[0])
+    rate = len(queries) / (time.perf_counter() - tic)
+    return rate, np.concatenate([np.asarray(i) for i in ids])
 
 
-def run(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: str, batch1_queries: int, **info) -> dict:
-    """Builds, saves and reloads the ScaNN index of ``vectors`` and times it against exact top-k.
+def run(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: str, batch1_queries: int,
+        config: ScannConfig = ScannConfig(recall_sample=0), **info) -> dict:
+    """Builds, saves and reloads the ScaNN index of ``vectors`` and times it against exact top-k
+    (``config.recall_sample=0``: recall is measured here, not inside the timed build).
 
     Returns the JSON record, starting with ``name`` and ``info``."""
     tic = time.perf_counter()
-    built = build_index(vectors)
+    built = build_index(vectors, config)
     build_s = time.perf_counter() - tic
     directory = os.path.join(workdir, f"scann_{name}")
     built.save(directory)
@@ -77,10 +83,8 @@ def run(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: str, batch
     on_device = jax.device_put(vectors)
     exact = lambda q: exact_topk(q, on_device, K)  # noqa: E731
     full = queries[:len(queries) // BATCH * BATCH]
-    exact_ids = np.concatenate([exact(full[i:i + BATCH])[0] for i in range(0, len(full), BATCH)])
-    scann_ids = np.concatenate([index.search(full[i:i + BATCH], K)[0] for i in range(0, len(full), BATCH)])
-    exact_256 = queries_per_s(exact, full, BATCH)
-    scann_256 = queries_per_s(lambda q: index.search(q, K), full, BATCH)
+    exact_256, exact_ids = timed_search(exact, full, BATCH)
+    scann_256, scann_ids = timed_search(lambda q: index.search(q, K), full, BATCH)
     config = index.config
     tree = {"num_leaves": config.num_leaves, "num_leaves_to_search": config.num_leaves_to_search,
             "reorder_k": config.reorder_k} if index.mode == "tree_ah" else {}
@@ -88,8 +92,8 @@ def run(name: str, vectors: np.ndarray, queries: np.ndarray, workdir: str, batch
             "queries": len(full), "mode": index.mode, **tree,
             "build_s": round(build_s, 2), "load_s": round(load_s, 2),
             "index_mb": round(sum(e.stat().st_size for e in os.scandir(directory)) / 2**20, 1),
-            "exact_qps_b1": round(queries_per_s(exact, queries[:batch1_queries], 1), 1),
-            "scann_qps_b1": round(queries_per_s(lambda q: index.search(q, K), queries, 1), 1),
+            "exact_qps_b1": round(timed_search(exact, queries[:batch1_queries], 1)[0], 1),
+            "scann_qps_b1": round(timed_search(lambda q: index.search(q, K), queries, 1)[0], 1),
             "exact_qps_b256": round(exact_256, 1), "scann_qps_b256": round(scann_256, 1),
             "recall@10": round(topk_recall(scann_ids, exact_ids), 4), "speedup": round(scann_256 / exact_256, 2),
             "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()}
@@ -105,6 +109,7 @@ def main():
     parser.add_argument("--batch1_queries", type=int, default=100, help="single queries timed for exact top-k")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--item_vectors", help="also benchmark the rows of this .npy file [N, d]")
+    parser.add_argument("--skip_synthetic", action="store_true", help="only the --item_vectors catalogue")
     parser.add_argument("--workdir", help="where the indexes are saved (default: a temporary folder)")
     args = parser.parse_args()
     if args.queries < BATCH:
@@ -112,14 +117,18 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or scratch
-        vectors, queries = clustered(args.num_vectors, args.queries, args.dim, args.clusters, args.sigma, args.seed)
-        emit(run("synthetic", vectors, queries, workdir, args.batch1_queries, clusters=args.clusters,
-                 sigma=args.sigma, seed=args.seed))
+        if not args.skip_synthetic:
+            vectors, queries = clustered(args.num_vectors, args.queries, args.dim, args.clusters, args.sigma,
+                                         args.seed)
+            emit(run("synthetic", vectors, queries, workdir, args.batch1_queries, clusters=args.clusters,
+                     sigma=args.sigma, seed=args.seed))
         if args.item_vectors:
             vectors = np.load(args.item_vectors).astype(np.float32)
             rows = np.random.default_rng(args.seed).choice(len(vectors), args.queries,
                                                            replace=len(vectors) < args.queries)
-            emit(run("item_vectors", vectors, vectors[rows], workdir, args.batch1_queries, path=args.item_vectors))
+            # A real catalogue is usually below ScannConfig.brute_force_below: force the tree to measure it.
+            emit(run("item_vectors", vectors, vectors[rows], workdir, args.batch1_queries,
+                     ScannConfig(recall_sample=0, brute_force_below=0), path=args.item_vectors))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ run_phase() {  # phase-name spec-list kind
   for spec in "${specs[@]}"; do
     if [ "$3" = tok ]; then
       IFS='|' read -r tok cfg over <<< "$spec"
-      mkdir -p "$OUT/tok_$tok" && cp -r "$FEATURES" "$OUT/tok_$tok/features"
+      mkdir -p "$OUT/tok_$tok" && ln -sfn "$(realpath "$FEATURES")" "$OUT/tok_$tok/features"  # read only
       launch "tok_$tok" "$cfg" data,tokenize $over
     else
       IFS='|' read -r name cfg tok over <<< "$spec"
-      mkdir -p "$OUT/$name" && cp -r "$OUT/tok_$tok/features" "$OUT/tok_$tok/tokenize" "$OUT/$name/"
+      mkdir -p "$OUT/$name" && ln -sfn "$(realpath "$OUT/tok_$tok/features")" "$OUT/$name/features" \
+        && ln -sfn "$(realpath "$OUT/tok_$tok/tokenize")" "$OUT/$name/tokenize"
       launch "$name" "$cfg" data,train,eval $over
     fi
   done

@@ -10,6 +10,7 @@ step), achieved GFLOP/s, the fp32 matmul peak measured in the same process, and 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -23,6 +24,14 @@ from bench.tiger_setup import build, build_prism, compiled_flops, random_batch  
 from configs import tiger as tiger_config  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
+
+
+def _literal(value: str):
+    """``--set`` values as Python literals (8, 0.5, False), else the string itself (gate)."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def main():
@@ -39,7 +48,7 @@ def main():
     config = tiger_config.get_config()
     config.mesh.data = 1
     if args.model == "prism":
-        overrides = {k: {"True": True, "False": False}.get(v, v) for k, v in (s.split("=", 1) for s in args.set)}
+        overrides = {k: _literal(v) for k, v in (s.split("=", 1) for s in args.set)}
         model = build_prism(args.item_level_history, overrides | {"dropout_impl": args.dropout_impl})
     else:
         model = build(args.item_level_history, dropout_impl=args.dropout_impl)

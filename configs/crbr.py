@@ -2,10 +2,7 @@
 W = beam_size queries per user, each searched exactly over the item tower's vectors and merged by
 max score. Item tower, features and training budget as ``configs/two_tower.py``.
 
-Variants: default (synthetic), ``:tiny`` (tests), ``:scientific`` (Scientific on 2 CPU cores,
-whole pipeline within 45 min: features ~10 min (MiniLM + the 30-epoch SASRec CF table),
-training 25 epochs of 131 steps at batch 256, ~25 min at the ~2.4 steps/s measured on a loaded 2-core
-machine for two_tower, ~3.5 for crbr; estimated from synthetic-data throughput, not yet run on Scientific).
+Variants: default (synthetic), ``:tiny`` (tests), ``:scientific``: as ``configs/two_tower.py``.
 """
 
 import ml_collections
@@ -20,7 +17,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del m["set_num_heads"], m["set_mlp_dim"], m["num_sampled_negatives"]
     m.codebook_sizes = (64, 64, 64)  # M_l codes per routing layer; L = len (inference paths: prod M_l)
     m.crbr_mlp_dim = 256  # routing MLP width
-    m.gumbel_temperature = 1.0  # fixed Gumbel-softmax tau (the trainer's loss does not see the step)
+    # Gumbel-softmax tau(step) = max(tau_min, tau_0 * exp(-rate * step)) (Jang et al., 2017); rate 0: fixed tau_0
+    m.gumbel_temperature = 1.0  # tau_0
+    m.gumbel_temperature_min = 0.5
+    m.gumbel_decay_rate = 3e-4  # per optimizer step: tau reaches the floor after ~2,300 steps
     m.straight_through = True  # hard one-hot forward, soft gradient (False: soft mixture of codes)
     m.alignment_weight = 0.1  # alpha: sum_l ||v_l - unit(positive)||^2
     m.balance_weight = 0.01  # beta: code-use load balance (minus the entropy of batch-mean routing)

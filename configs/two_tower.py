@@ -7,9 +7,12 @@ training 25 epochs of 131 steps at batch 256, ~25 min at the ~2.4 steps/s measur
 machine for two_tower, ~3.5 for crbr; estimated from synthetic-data throughput, not yet run on Scientific).
 """
 
+import dataclasses
+
 import ml_collections
 
 from configs import common, features
+from gr_jax.retrieval.scann_index import ScannConfig
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -65,6 +68,11 @@ def base_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.01
     c.train.num_epochs = 20
     c.train.eval_every_epochs = 2
+    # Final evaluation: exact in-jit top-k, or each user's queries served from a ScaNN index of the
+    # item vectors (config.scann; catalogues under scann.brute_force_below are searched exactly).
+    # Validation during training is always exact.
+    c.eval.index = "exact"  # exact | scann
+    c.scann = ml_collections.ConfigDict(dataclasses.asdict(ScannConfig()))
     common.apply_variant(c, arg)
     if arg == "scientific":
         # 2 CPU cores, <= 45 min for the whole pipeline: features ~10 min, then 25 epochs of 131 steps

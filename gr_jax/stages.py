@@ -136,9 +136,18 @@ def _evaluate(ctx: Context) -> dict[str, dict]:
         return evaluate(lambda batch: model.topk(batch, size), users, ctx.config, _dataset(ctx).num_items)
     if ctx.params is None:
         ctx.params = trainer.restore_best_params(os.path.join(ctx.workdir, "train"), model, users, ctx.config)
+    index = ctx.config.eval.get("index", "exact")
     with trainer.mesh_context(ctx.config) as mesh:
-        topk = trainer.jit_topk(model, mesh, None, size)
-        return evaluate(lambda batch: topk(ctx.params, batch), users, ctx.config, _dataset(ctx).num_items)
+        if index == "exact":
+            topk = trainer.jit_topk(model, mesh, None, size)(ctx.params)
+        elif index == "scann":
+            from gr_jax.retrieval import serving
+
+            topk = serving.scann_topk(model, ctx.params, serving.ScannConfig(**ctx.config.scann), size,
+                                      os.path.join(ctx.workdir, "eval", "scann_index"))
+        else:
+            raise ValueError(f"eval.index={index!r}; expected 'exact' or 'scann'")
+        return evaluate(topk, users, ctx.config, _dataset(ctx).num_items)
 
 
 def run_eval(ctx: Context) -> None:

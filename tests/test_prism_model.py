@@ -105,7 +105,8 @@ def test_ats_temperature_follows_the_closed_form_of_each_prefix_child_count():
     config.update(ats_start_level=1, ats_mean_center=True)
     centred = prism.ats_temperatures(trie, codes, config)
     np.testing.assert_allclose(centred.mean(), 1.0, rtol=1e-6)
-    assert len(set(centred[:, 0].tolist())) == 1  # level 0 left at tau = 1 before centring
+    # Level 0 was left at tau = 1 before centring: the other levels are tau / that constant.
+    np.testing.assert_allclose(centred[:, 1:] / centred[:, :1], tau[:, 1:], rtol=1e-6)
 
 
 def test_ats_divides_each_target_level_logits_by_its_temperature_in_the_training_loss():
@@ -164,8 +165,7 @@ def test_prism_beam_search_equals_exhaustive_scoring_and_returns_only_valid_sids
         reference = np.asarray(score_all(params, single, sid_codes))
         np.testing.assert_array_equal(np.asarray(sids[row]), np.argsort(-reference, kind="stable"))
         np.testing.assert_allclose(np.asarray(scores[row]), np.sort(reference)[::-1], atol=1e-5)
-    valid = {tuple(c) for c in table.codes}  # every returned SID row decodes to a catalogue SID
-    assert all(tuple(table.codes[model.trie.sid_items[s, 0]]) in valid for s in np.asarray(sids).ravel())
+    assert (np.asarray(sids) >= 0).all()  # a full-width beam holds only real SIDs
 
 
 def test_tiny_prism_train_and_eval_stages_write_metrics(tmp_path):

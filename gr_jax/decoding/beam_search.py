@@ -28,9 +28,8 @@ def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: 
                 unroll: bool = False, temperatures: jax.Array | None = None):
     """Returns (sid_rows ``[B, W]`` int32, -1 for dead beams; scores ``[B, W]``), best first.
 
-    ``temperatures`` ``[L, K + 1]`` (optional): a beam's level-``l`` distribution becomes
-    ``softmax(log_probs / temperatures[l, n])``, ``n`` = valid children of its prefix (PRISM's
-    ATS applied at decoding as in training). ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
+    ``temperatures`` ``[L, max_prefixes]`` (optional): a beam whose level-``l`` prefix is ``p``
+    decodes from ``softmax(log_probs / temperatures[l, p])`` (PRISM's ATS at decoding). ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
     counts (MFU) are taken from the unrolled program.
     """
     num_levels, _, codebook_size = children.shape
@@ -43,7 +42,7 @@ def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: 
         log_probs, cache = step_fn(cache, previous, level)
         kids = children[level][prefixes]  # [B, W, K]
         if temperatures is not None:
-            tau = temperatures[level][(kids >= 0).sum(-1)]  # [B, W]
+            tau = temperatures[level][prefixes]  # [B, W]
             log_probs = jax.nn.log_softmax(log_probs / tau[..., None], -1)
         candidates = jnp.where((kids >= 0) & (scores[..., None] > DEAD / 2), scores[..., None] + log_probs, DEAD)
         top_scores, flat = jax.lax.top_k(candidates.reshape(batch_size, -1), beam_size)

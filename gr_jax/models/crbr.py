@@ -4,7 +4,8 @@ A user's query states ``Q [B, M, D]`` (``user_tower.QFormer``) are routed throug
 codebooks ``C_l [M_l, E]`` (E: the item-vector dimension); each layer picks a code and adds it
 to a running state ``v``. The final state, L2-normalised, is a query into the item index
 (``retrieval.exact`` / ``retrieval.scann_index``). At inference the W best routing paths give W
-queries per user, whose index results are merged per item by max score (``retrieve``).
+queries per user, whose index results are merged per item by max score
+(``retrieval.multi_query.retrieve``).
 
 - Base ``v_0``: attention pooling of Q by a learned query (zeros at init: the mean of Q), through
   a learned ``D -> E`` map. A per-user base, so the codes only have to encode the offsets
@@ -23,8 +24,9 @@ Codebooks of different sizes are padded to the largest with logits ``NEG_INF`` (
 exactly 0), so one scan body serves every layer.
 
 Losses (pure functions, ``crbr_loss`` sums them): InfoNCE of q against the positive item (user
-→ item, in-batch negatives); alignment ``Σ_l ‖v_l − î⁺‖²`` with ``î⁺`` the L2-normalised positive
-(the direction q must end on, at the scale of a unit query); load balance
+→ item, in-batch negatives, a negative that is the user's own target masked out); alignment
+``Σ_l ‖v_l − î⁺‖²`` with ``î⁺`` the L2-normalised positive (the direction q must end on, at the
+scale of a unit query); load balance
 ``Σ_l Σ_j π̄_lj log π̄_lj``, ``π̄_l`` the batch mean of the noise-free ``softmax(z_l)`` (the
 distribution beam search ranks by): minus the entropy of code use, lowest (``−Σ_l log M_l``)
 when every code is used equally.
@@ -36,14 +38,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gr_jax.models.layers.t5 import NEG_INF
+from gr_jax.models.two_tower import info_nce_with_negatives
 from gr_jax.tokenizers.rq_vae import l2_normalize
 
 # fan-in scaling per layer of a kernel stacked on a leading layer axis
@@ -196,13 +196,6 @@ def route_beams(module: CRBR, params: dict, query_states: jax.Array, beam_size: 
     return module.apply({"params": params}, query_states, beam_size, method=CRBR.beam_search)
 
 
-def info_nce_loss(queries: jax.Array, positives: jax.Array, temperature: float) -> jax.Array:
-    """InfoNCE of unit queries ``[B, E]`` against their positive items ``[B, E]`` (L2-normalised
-    here), user → item, the other users' positives as negatives."""
-    scores = queries @ l2_normalize(positives).T / temperature
-    return jnp.mean(jax.nn.logsumexp(scores, 1) - jnp.diagonal(scores))
-
-
 def alignment_loss(states: jax.Array, positives: jax.Array) -> jax.Array:
     """``Σ_l ‖v_l − î⁺‖²`` over states ``[B, L, E]``, ``î⁺`` the L2-normalised positive ``[B, E]``; batch mean."""
     return jnp.mean(jnp.sum((states - l2_normalize(positives)[:, None]) ** 2, (1, 2)))
@@ -215,84 +208,17 @@ def load_balance_loss(probs: jax.Array) -> jax.Array:
     return jnp.sum(mean * jnp.log(jnp.where(mean > 0, mean, 1.0)))  # 0 log 0 = 0, with a finite gradient
 
 
-def crbr_loss(outputs: dict, positives: jax.Array, temperature: float = 0.07, alignment_weight: float = 0.1,
-              balance_weight: float = 0.01) -> tuple[jax.Array, dict]:
-    """InfoNCE + α · alignment + β · load balance of ``CRBR.__call__`` outputs and positives ``[B, E]``
-    (untuned default weights)."""
-    nce = info_nce_loss(outputs["query"], positives, temperature)
+def crbr_loss(outputs: dict, positives: jax.Array, targets: jax.Array, temperature: float = 0.07,
+              alignment_weight: float = 0.1, balance_weight: float = 0.01) -> tuple[jax.Array, dict]:
+    """InfoNCE + α · alignment + β · load balance of ``CRBR.__call__`` outputs, positives ``[B, E]``
+    (L2-normalised here) and their item ids ``targets [B]`` (untuned default weights).
+
+    InfoNCE: ``two_tower.info_nce_with_negatives`` of the queries against the positives with
+    in-batch negatives only; another row's positive that is the row's own target is masked out."""
+    no_negatives = positives[:0]
+    nce = info_nce_with_negatives(outputs["query"], l2_normalize(positives), no_negatives, targets, targets[:0],
+                                  temperature)
     alignment = alignment_loss(outputs["states"], positives)
     balance = load_balance_loss(outputs["probs"])
     total = nce + alignment_weight * alignment + balance_weight * balance
     return total, {"info_nce_loss": nce, "alignment_loss": alignment, "load_balance_loss": balance}
-
-
-class Retrieved(NamedTuple):
-    """``retrieve``'s output: the merged top-k per user and each path's own top-k, best first."""
-
-    ids: np.ndarray  # [n, k]
-    scores: np.ndarray  # [n, k]
-    path_ids: np.ndarray  # [n, P, k]
-    path_scores: np.ndarray  # [n, P, k]
-
-
-def merge_by_max(ids, scores, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best distinct items of candidate rows ``ids, scores [n, C]``, an item scored by
-    its max over its repeats; ties go to the lower id. Rows with fewer than k distinct items
-    pad with id -1 and score -inf."""
-    ids, scores = np.asarray(ids), np.asarray(scores, np.float32)
-    if ids.ndim != 2 or scores.shape != ids.shape or ids.shape[1] < k:
-        raise ValueError(f"ids {ids.shape} and scores {scores.shape} must both be [n, C] with C >= k={k}")
-    order = np.lexsort((-scores, ids), axis=-1)  # by item, its best score first
-    ids, scores = np.take_along_axis(ids, order, -1), np.take_along_axis(scores, order, -1)
-    repeat = np.zeros(ids.shape, bool)
-    repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
-    scores = np.where(repeat, -np.inf, scores)
-    top = np.argsort(-scores, axis=-1, kind="stable")[:, :k]  # stable: ties keep the id order
-    ids, scores = np.take_along_axis(ids, top, -1), np.take_along_axis(scores, top, -1)
-    return np.where(np.isneginf(scores), -1, ids).astype(np.int32), scores
-
-
-def retrieve(paths_queries, index_search_fn: Callable, k: int) -> Retrieved:
-    """Queries the index with every path's query ``[n, P, E]`` and merges each user's P results.
-
-    ``index_search_fn(queries [n·P, E], k=k) -> (ids, scores)`` each ``[n·P, k]``, higher scores
-    better: ``Index.search`` or ``functools.partial(exact_topk, vectors=items)``. An item found
-    by several paths keeps its max score; the merged list holds k distinct items.
-    """
-    queries = np.asarray(paths_queries, np.float32)
-    if queries.ndim != 3:
-        raise ValueError(f"paths_queries must be [users, paths, dim]; got shape {queries.shape}")
-    n, paths, dim = queries.shape
-    ids, scores = index_search_fn(queries.reshape(n * paths, dim), k=k)
-    ids, scores = np.asarray(ids), np.asarray(scores, np.float32)
-    if ids.shape != (n * paths, k) or scores.shape != ids.shape:
-        raise ValueError(f"index_search_fn returned ids {ids.shape} and scores {scores.shape}; expected "
-                         f"({n * paths}, {k}) each")
-    merged_ids, merged_scores = merge_by_max(ids.reshape(n, -1), scores.reshape(n, -1), k)
-    return Retrieved(merged_ids, merged_scores, ids.reshape(n, paths, k), scores.reshape(n, paths, k))
-
-
-def recall(ids, targets) -> np.ndarray:
-    """Fraction of users whose target ``[n]`` is among ``ids [n, ..., k]``: a scalar for merged ids
-    ``[n, k]``, one value per path for ``Retrieved.path_ids [n, P, k]``."""
-    ids, targets = np.asarray(ids), np.asarray(targets)
-    return (ids == targets.reshape((-1,) + (1,) * (ids.ndim - 1))).any(-1).mean(0)
-
-
-def code_usage(codes, sizes: Sequence[int]) -> dict:
-    """Per routing layer, the fraction of its ``M_l`` codes selected at least once (``usage [L]``)
-    and the perplexity ``exp(entropy)`` of the selected codes' frequencies (``perplexity [L]``,
-    at most M_l) of ``codes [..., L]`` (e.g. beam-search codes ``[B, W, L]``)."""
-    codes = np.asarray(codes)
-    if codes.ndim < 1 or codes.shape[-1] != len(sizes) or codes.size == 0:
-        raise ValueError(f"codes must be a non-empty [..., L={len(sizes)}] array; got shape {codes.shape}")
-    codes = codes.reshape(-1, len(sizes))
-    usage, perplexity = [], []
-    for layer, size in enumerate(sizes):
-        column = codes[:, layer]
-        if column.min() < 0 or column.max() >= size:
-            raise ValueError(f"layer {layer} codes span [{column.min()}, {column.max()}], outside [0, {size})")
-        p = np.bincount(column, minlength=size) / len(column)
-        usage.append(np.mean(p > 0))
-        perplexity.append(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
-    return {"usage": np.asarray(usage), "perplexity": np.asarray(perplexity)}

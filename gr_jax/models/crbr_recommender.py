@@ -2,16 +2,18 @@
 
 - User side: the Q-Former (``user_tower.QFormer``) reads the history's frozen item features into
   M query states; ``crbr.CRBR`` routes them through ``len(codebook_sizes)`` codebooks into a
-  unit query (training: straight-through Gumbel-softmax at the fixed temperature
-  ``model.gumbel_temperature``; the trainer's loss does not see the step, so no schedule).
+  unit query (training: straight-through Gumbel-softmax whose temperature anneals with the
+  optimizer step, ``crbr.gumbel_temperature(step, model.gumbel_temperature,
+  model.gumbel_temperature_min, model.gumbel_decay_rate)``; a rate of 0 keeps it fixed).
 - Item side: the two-tower model's trainable ``ItemTower`` over the same frozen features.
 - Loss: ``crbr.crbr_loss`` of the routed query against the item tower's vector of the next
-  item (InfoNCE with in-batch negatives + alignment + load balance), optionally plus
+  item (InfoNCE with in-batch negatives, same-target ones masked, + alignment + load balance), optionally plus
   ``aux_weight`` times the Q-Former pre-training losses (off by default).
-- Retrieval (``topk``): ``crbr.route_beams`` gives ``model.beam_size`` (W) queries per user;
-  each path's exact top-k over the whole catalogue (``retrieval.exact``), then the W lists are
-  merged per item by max score (``merge_by_max``, the jittable counterpart of
-  ``crbr.merge_by_max``). All inside jit.
+- Retrieval (``query_set``, ``topk``): ``crbr.route_beams`` gives ``model.beam_size`` (W) queries
+  per user; ``QFormerBase.topk`` takes each path's exact top-k over the whole catalogue
+  (``retrieval.exact``; item vectors from ``eval_params``, computed once per evaluation round) and
+  merges the W lists per item by max score, all inside jit; ``eval.index='scann'`` serves the
+  same queries from a ScaNN index (``retrieval.serving``).
 
 Params: ``{"qformer", "crbr", "item_tower"}``.
 """
@@ -24,29 +26,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gr_jax.models.crbr import CRBR, crbr_loss, route_beams
+from gr_jax.models.crbr import CRBR, crbr_loss, gumbel_temperature, route_beams
 from gr_jax.models.two_tower import FeatureTowerBase
-from gr_jax.retrieval.exact import exact_topk
-
-
-def merge_by_max(ids: jax.Array, scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Jittable ``crbr.merge_by_max``: the ``k`` best distinct items of candidate rows ``ids, scores
-    [n, C]`` (an item scored by its max over its repeats; ties to the lower id; rows with fewer than
-    k distinct items pad with id -1 and score -inf)."""
-    if ids.ndim != 2 or scores.shape != ids.shape or ids.shape[1] < k:
-        raise ValueError(f"ids {ids.shape} and scores {scores.shape} must both be [n, C] with C >= k={k}")
-    order = jnp.lexsort((-scores, ids), axis=-1)  # by item, its best score first
-    ids, scores = jnp.take_along_axis(ids, order, -1), jnp.take_along_axis(scores, order, -1)
-    repeat = jnp.concatenate([jnp.zeros(ids.shape[:1] + (1,), bool), ids[:, 1:] == ids[:, :-1]], -1)
-    scores = jnp.where(repeat, -jnp.inf, scores)
-    scores, top = jax.lax.top_k(scores, k)  # ties: the lower position, i.e. the lower id
-    ids = jnp.take_along_axis(ids, top, -1)
-    return jnp.where(jnp.isneginf(scores), -1, ids).astype(jnp.int32), scores
 
 
 class CRBRRecommender(FeatureTowerBase):
-    """CRBR: ``init``, ``loss``, ``topk``, ``item_embeddings``; ``path_queries`` gives the
+    """CRBR: ``init``, ``loss``, ``topk``, ``item_embeddings``; ``query_set`` gives the
     beam-searched queries ``[B, W, E]``."""
+
+    loss_uses_step = True  # the trainer passes ``step=`` for the Gumbel temperature schedule
 
     def __init__(self, model_config: ml_collections.ConfigDict, features):
         super().__init__(model_config, features)
@@ -64,27 +52,28 @@ class CRBRRecommender(FeatureTowerBase):
         params["crbr"] = self.crbr.init(crbr_rng, states, crbr_rng, self.config.gumbel_temperature)["params"]
         return params
 
-    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def temperature(self, step) -> jax.Array:
+        """The Gumbel-softmax temperature at optimizer ``step``."""
+        c = self.config
+        return gumbel_temperature(step, c.gumbel_temperature, c.gumbel_temperature_min, c.gumbel_decay_rate)
+
+    def loss(self, params: dict, batch: dict, rng: jax.Array, step=0) -> tuple[jax.Array, dict]:
         dropout_rng, gumbel_rng, aux_rng = jax.random.split(rng, 3)
         c = self.config
         states = self.query_states(params, batch, dropout_rng)
-        outputs = self.crbr.apply({"params": params["crbr"]}, states, gumbel_rng, c.gumbel_temperature,
-                                  c.straight_through)
+        temperature = self.temperature(step)
+        outputs = self.crbr.apply({"params": params["crbr"]}, states, gumbel_rng, temperature, c.straight_through)
         positives = self.item_vectors(params, batch["target"])
-        loss, metrics = crbr_loss(outputs, positives, c.temperature, c.alignment_weight, c.balance_weight)
+        loss, metrics = crbr_loss(outputs, positives, batch["target"], c.temperature, c.alignment_weight,
+                                  c.balance_weight)
+        metrics = metrics | {"gumbel_temperature": temperature}
         if c.aux_weight <= 0:
             return loss, metrics
         aux, aux_metrics = self.aux_loss(params, batch, aux_rng)
         return loss + c.aux_weight * aux, metrics | {"aux_loss": aux} | aux_metrics
 
-    def path_queries(self, params: dict, batch: dict, beam_size: int | None = None) -> jax.Array:
-        """Unit queries ``[B, W, E]`` of the W best routing paths, best first."""
-        beam_size = self.config.beam_size if beam_size is None else beam_size
-        queries, _, _ = route_beams(self.crbr, params["crbr"], self.query_states(params, batch), beam_size)
+    def query_set(self, params: dict, batch: dict) -> jax.Array:
+        """Unit queries ``[B, W, E]`` of the W = ``model.beam_size`` best routing paths, best first."""
+        queries, _, _ = route_beams(self.crbr, params["crbr"], self.query_states(params, batch),
+                                    self.config.beam_size)
         return queries
-
-    def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
-        queries = self.path_queries(params, batch)
-        batch_size, paths, dim = queries.shape
-        ids, scores = exact_topk(queries.reshape(batch_size * paths, dim), self.item_embeddings(params), k)
-        return merge_by_max(ids.reshape(batch_size, paths * k), scores.reshape(batch_size, paths * k), k)[0]

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from gr_jax.models import tiger
-from gr_jax.models.layers.dropout import fmix32
+from gr_jax.models.layers.dropout import mix_keys
 
 NEG_INF = -jnp.inf
 
@@ -32,8 +32,7 @@ NEG_INF = -jnp.inf
 def hash_uniform(salt: jax.Array, keys: jax.Array) -> jax.Array:
     """Uniforms in [0, 1) from integer ``keys`` (e.g. event ids) and ``salt`` (broadcastable):
     the same (salt, key) always gives the same draw."""
-    salt = fmix32(jnp.asarray(salt, jnp.uint32) + jnp.uint32(0x9E3779B9))
-    return (fmix32(keys.astype(jnp.uint32) ^ salt) >> 8).astype(jnp.float32) * 2.0 ** -24
+    return (mix_keys(keys, salt) >> 8).astype(jnp.float32) * 2.0 ** -24
 
 
 def draw_sids(item_sids: jax.Array, item_cdf: jax.Array, items: jax.Array, u: jax.Array) -> jax.Array:

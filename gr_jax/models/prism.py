@@ -58,7 +58,8 @@ import numpy as np
 
 from gr_jax.decoding.trie import Trie
 from gr_jax.models import tiger
-from gr_jax.models.layers.dropout import Dropout, fmix32
+from gr_jax.models.layers.dropout import Dropout, hash_bits
+from gr_jax.tokenizers.rq_vae import l2_normalize
 
 FUSIONS = ("moe", "gate")
 SOURCES = 3  # code embedding, projected text, projected CF
@@ -111,15 +112,9 @@ def hash_normal(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     The counter-based hash of ``layers.dropout`` (each element's global linear index mixed with
     the seed): far cheaper to compile and run on CPU than ``jax.random.normal``'s Threefry.
     """
-    index = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
-        stride *= shape[axis]
-    key = fmix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))
-    a, b = fmix32((index * jnp.uint32(2)) ^ key), fmix32((index * jnp.uint32(2) + jnp.uint32(1)) ^ key)
-    u1 = ((a >> 8) + jnp.uint32(1)).astype(jnp.float32) * 2.0 ** -24  # (0, 1]
-    u2 = (b >> 8).astype(jnp.float32) * 2.0 ** -24
+    bits = hash_bits(seed, tuple(shape) + (2,))
+    u1 = ((bits[..., 0] >> 8) + jnp.uint32(1)).astype(jnp.float32) * 2.0 ** -24  # (0, 1]
+    u2 = (bits[..., 1] >> 8).astype(jnp.float32) * 2.0 ** -24
     return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
 
 
@@ -244,8 +239,7 @@ def ssa_loss(predictions, codebooks, target_codes):
     """
     n = predictions.shape[1]
     targets = codebooks[jnp.arange(n)[None, :], target_codes[:, :n]]
-    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
-    return jnp.mean(1.0 - (unit(predictions) * unit(targets)).sum(-1))
+    return jnp.mean(1.0 - (l2_normalize(predictions) * l2_normalize(targets)).sum(-1))
 
 
 def prefix_child_counts(trie: Trie, codes: np.ndarray) -> np.ndarray:
@@ -287,6 +281,11 @@ def ats_temperatures(trie: Trie, codes: np.ndarray, model: ml_collections.Config
     """Per item and level training temperature ``[N, L]`` from the config's ATS knobs."""
     table = ats_table(trie, codes, model)
     return table[np.arange(codes.shape[1]), prefix_child_counts(trie, codes)]
+
+
+def prefix_temperatures(trie: Trie, table: np.ndarray) -> np.ndarray:
+    """Decoding temperature of every trie prefix ``[L, max_prefixes]`` from an ``ats_table``."""
+    return np.take_along_axis(table, trie.num_children(), axis=1)
 
 
 class Prism(tiger.Tiger):
@@ -389,10 +388,13 @@ class PrismRecommender(tiger.TigerRecommender):
                                  "(e.g. an imported index.json); set model.ssa=False")
             self.ssa_codebooks = jnp.asarray(table)
         super().__init__(model_config, sid_table.codes, max(sid_table.codebook_sizes))
-        self.temperatures = jnp.asarray(ats_temperatures(self.trie, sid_table.codes, model_config)) \
-            if model_config.ats else None
-        if model_config.ats and model_config.ats_at_inference:
-            self.decode_temperatures = jnp.asarray(ats_table(self.trie, sid_table.codes, model_config))
+        self.temperatures = None
+        if model_config.ats:
+            table = ats_table(self.trie, sid_table.codes, model_config)
+            levels = np.arange(sid_table.num_levels)
+            self.temperatures = jnp.asarray(table[levels, prefix_child_counts(self.trie, sid_table.codes)])
+            if model_config.ats_at_inference:
+                self.decode_temperatures = jnp.asarray(prefix_temperatures(self.trie, table))
 
     def build_module(self, model_config, num_levels, codebook_size) -> Prism:
         table = self.ssa_codebooks

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from gr_jax.models import baselines, crbr_recommender, pctx, prism, sasrec, tiger, two_tower
+from gr_jax.models import baselines, crbr_recommender, pctx, prism, qformer_pretrain, sasrec, tiger, two_tower
 
-MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "two_tower", "crbr")
+MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr")
 SID_MODELS = ("tiger", "prism", "pctx")  # models that generate semantic IDs (need the tokenize stage)
-FEATURE_MODELS = ("prism", "two_tower", "crbr")  # models that read item features (need the features stage)
+FEATURE_MODELS = ("prism", "qformer", "two_tower", "crbr")  # models that read item features (need the features stage)
 
 
 def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None, features=None):
@@ -32,6 +32,8 @@ def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None, fea
                                  "config.stages (with features.text and features.cf enabled)")
             text, cf = features.get("text"), features.get("cf")
         return prism.PrismRecommender(config.model, sid_table, text, cf)
+    if name == "qformer":
+        return qformer_pretrain.QFormerPretrainRecommender(config.model, features)
     if name == "two_tower":
         return two_tower.TwoTowerRecommender(config.model, features)
     if name == "crbr":

@@ -109,10 +109,13 @@ class Tiger(nn.Module):
             x = layer(x, bias, causal, layer.memory(encoded), mask, train)
         return self.drop(self.decoder_norm(x), deterministic=not train)
 
+    def code_table(self):
+        """The code-token embeddings ``[L, K, d]`` that output logits are tied to."""
+        return self.embed.embedding[self.code_offset:].reshape(self.num_levels, self.codebook_size, -1)
+
     def code_logits(self, states):
         """Logits ``[B, L, K]`` of decoder states over each level's codes (tied to the code embeddings)."""
-        table = self.embed.embedding[self.code_offset:].reshape(self.num_levels, self.codebook_size, -1)
-        return jnp.einsum("bld,lkd->blk", states * self.embed_dim ** -0.5, table)
+        return jnp.einsum("bld,lkd->blk", states * self.embed_dim ** -0.5, self.code_table())
 
     def decode(self, encoded, mask, target_codes, train: bool = False):
         """Teacher-forced logits ``[B, L, K]`` for target SIDs ``[B, L]``."""
@@ -138,8 +141,7 @@ class Tiger(nn.Module):
             x, cache = layer.step(x, cache, level, bias, memory, mask)
             new_caches.append(cache)
         h = self.decoder_norm(x) * self.embed_dim ** -0.5
-        table = self.embed.embedding[self.code_offset:].reshape(self.num_levels, self.codebook_size, -1)
-        logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(table, level, axis=0))
+        logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(self.code_table(), level, axis=0))
         return jax.nn.log_softmax(logits, -1), new_caches
 
     def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None):
@@ -175,7 +177,7 @@ class TigerRecommender:
         self.children = jnp.asarray(self.trie.children)
         self.sid_items = jnp.asarray(self.trie.sid_items)
         self.unroll_decoding = False  # True only to count FLOPs (see beam_search)
-        self.decode_temperatures = None  # [L, K + 1] per-level, per-child-count temperatures (PRISM ATS)
+        self.decode_temperatures = None  # [L, max_prefixes] per-prefix decoding temperatures (PRISM ATS)
 
     def build_module(self, model_config: ml_collections.ConfigDict, num_levels: int, codebook_size: int) -> Tiger:
         return build(model_config, num_levels, codebook_size)
@@ -206,9 +208,8 @@ class TigerRecommender:
         if self.decode_temperatures is not None:
             prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
             for level in range(codes.shape[1]):
-                kids = self.children[level][prefix]
-                taus.append(self.decode_temperatures[level][(kids >= 0).sum(-1)])
-                prefix = jnp.maximum(jnp.take_along_axis(kids, codes[:, level:level + 1], 1)[:, 0], 0)
+                taus.append(self.decode_temperatures[level][prefix])
+                prefix = jnp.maximum(self.children[level][prefix, codes[:, level]], 0)
             logits = jax.nn.log_softmax(logits, -1) / jnp.stack(taus, 1)[..., None]
         log_probs = jax.nn.log_softmax(logits, -1)
         return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0].sum(-1)

@@ -15,7 +15,8 @@
   Q-Former's pre-training losses (ITC, masked-history reconstruction, query orthogonality;
   ``QFormerUserTower.loss``), off by default.
 - **Retrieval** (``topk``): exact top-k of ``user · item`` over the whole catalogue inside jit
-  (``retrieval.exact.exact_topk``); nothing is masked (history items may be recommended again,
+  (``retrieval.exact.exact_topk``; the catalogue's item vectors are computed once per evaluation
+  round by ``eval_params``), or from a ScaNN index with ``eval.index='scann'``; nothing is masked (history items may be recommended again,
   as for every other model of the pipeline).
 
 Params: ``{"qformer", "user_head", "item_tower"}``.
@@ -23,15 +24,19 @@ Params: ``{"qformer", "user_head", "item_tower"}``.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gr_jax.models.sasrec import NEG_INF
+from gr_jax.models.layers.t5 import NEG_INF
+from gr_jax.models.sasrec import SelfAttentionBlock
 from gr_jax.models.user_tower import QFormer, QFormerUserTower
 from gr_jax.retrieval.exact import exact_topk
+from gr_jax.retrieval.multi_query import retrieve
 from gr_jax.tokenizers.rq_vae import l2_normalize
 
 FEATURE_SOURCES = ("text", "cf")
@@ -48,8 +53,7 @@ def item_feature_table(model_config: ml_collections.ConfigDict, features) -> np.
                          f"config.stages (with features.{' and features.'.join(names)} enabled)")
     tables = []
     for name in names:
-        table = np.asarray(features.get(name), np.float32)
-        tables.append(table / np.maximum(np.linalg.norm(table, axis=-1, keepdims=True), 1e-12))
+        tables.append(np.asarray(l2_normalize(jnp.asarray(features.get(name), jnp.float32))))
     if len({len(t) for t in tables}) != 1:
         raise ValueError(f"item feature tables of different lengths: {[len(t) for t in tables]}")
     return np.concatenate(tables, -1)
@@ -86,7 +90,8 @@ def build_item_tower(model_config: ml_collections.ConfigDict) -> ItemTower:
 
 class SetPoolingHead(nn.Module):
     """Query states ``[B, M, D]`` -> one unit user vector ``[B, out_dim]``: a Set Transformer
-    block (pre-norm self-attention + MLP, residual) and attention pooling by one learned seed."""
+    block (``sasrec.SelfAttentionBlock`` without a mask or dropout: pre-norm self-attention + GELU
+    MLP, residual) and attention pooling by one learned seed."""
 
     num_heads: int = 4
     mlp_dim: int = 256
@@ -95,10 +100,7 @@ class SetPoolingHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        y = nn.LayerNorm(name="attention_norm")(x)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="self_attention")(y, y)
-        y = nn.LayerNorm(name="mlp_norm")(x)
-        x = x + nn.Dense(d, name="mlp_out")(nn.gelu(nn.Dense(self.mlp_dim, name="mlp_hidden")(y)))
+        x = SelfAttentionBlock(self.num_heads, self.mlp_dim, dropout=0.0, name="set_block")(x, None, False)
         seed = self.param("seed", nn.initializers.normal(0.02), (1, d))
         seeds = jnp.broadcast_to(seed, (x.shape[0], 1, d))
         y = nn.LayerNorm(name="pool_norm")(x)
@@ -120,9 +122,11 @@ def info_nce_with_negatives(users, positives, negatives, targets, negative_ids, 
     return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
 
 
-class FeatureTowerBase:
-    """Shared by the two-tower and CRBR recommenders: the frozen feature table, the Q-Former and
-    the item tower."""
+class QFormerBase:
+    """Shared by every model on the Q-Former user tower (pre-training, two-tower, CRBR): the
+    frozen feature table, the Q-Former with its pre-training losses, the catalogue cache and
+    retrieval. Subclasses define ``item_embeddings(params) -> [N, E]`` (the searched vectors) and
+    ``query_set(params, batch) -> [B, P, E]`` (each user's queries, merged by max score)."""
 
     trainable = True
 
@@ -131,7 +135,6 @@ class FeatureTowerBase:
         self.features = jnp.asarray(item_feature_table(model_config, features))
         self.num_items = self.features.shape[0]
         self.qformer = build_qformer(model_config)
-        self.item_tower = build_item_tower(model_config)
         self.qformer_tower = QFormerUserTower(self.qformer, temperature=model_config.aux_temperature,
                                               mask_ratio=model_config.aux_mask_ratio,
                                               reconstruction_weight=model_config.aux_reconstruction_weight,
@@ -141,16 +144,41 @@ class FeatureTowerBase:
         return {"history_features": self.features[batch["history"]], "history_mask": batch["history_mask"],
                 "target_features": self.features[batch["target"]]}
 
-    def init_towers(self, rng: jax.Array, batch: dict) -> dict:
-        q_rng, i_rng = jax.random.split(rng)
-        return {"qformer": self.qformer_tower.init(q_rng, self.qformer_batch(batch)),
-                "item_tower": self.item_tower.init(i_rng, self.features[:1])["params"]}
-
     def query_states(self, params: dict, batch: dict, rng: jax.Array | None = None) -> jax.Array:
         """Q-Former query states ``[B, M, D]`` (dropout when ``rng`` is given)."""
         train = rng is not None
         return self.qformer.apply({"params": params["qformer"]}, self.features[batch["history"]],
                                   batch["history_mask"], None, train, rngs={"dropout": rng} if train else None)
+
+    def eval_params(self, params: dict) -> dict:
+        """``params`` plus the catalogue's item vectors under ``"item_vectors"``, computed once per
+        evaluation round (``trainer.jit_topk``) instead of once per ``topk`` batch."""
+        return {**params, "item_vectors": self.item_embeddings(params)}
+
+    def catalogue(self, params: dict) -> jax.Array:
+        """The item vectors ``[N, E]`` that ``topk`` searches: ``eval_params``' precomputed ones,
+        else computed here."""
+        return params["item_vectors"] if "item_vectors" in params else self.item_embeddings(params)
+
+    def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
+        """Exact top-k of ``max_p q_p · item`` over the whole catalogue, in jit (``eval.index='scann'``
+        serves the same query sets from a ScaNN index: ``retrieval.serving``)."""
+        search = functools.partial(exact_topk, vectors=self.catalogue(params))
+        return retrieve(self.query_set(params, batch), search, k).ids
+
+
+class FeatureTowerBase(QFormerBase):
+    """Shared by the two-tower and CRBR recommenders: ``QFormerBase`` plus the trainable item
+    tower and the Q-Former's pre-training losses as an optional auxiliary."""
+
+    def __init__(self, model_config: ml_collections.ConfigDict, features):
+        super().__init__(model_config, features)
+        self.item_tower = build_item_tower(model_config)
+
+    def init_towers(self, rng: jax.Array, batch: dict) -> dict:
+        q_rng, i_rng = jax.random.split(rng)
+        return {"qformer": self.qformer_tower.init(q_rng, self.qformer_batch(batch)),
+                "item_tower": self.item_tower.init(i_rng, self.features[:1])["params"]}
 
     def item_vectors(self, params: dict, ids: jax.Array | None = None) -> jax.Array:
         """Unit item vectors ``[..., E]`` of ``ids`` (all items when None)."""
@@ -189,6 +217,10 @@ class TwoTowerRecommender(FeatureTowerBase):
         """Unit user vectors ``[B, E]`` (inference: no dropout)."""
         return self._users(params, batch)
 
+    def query_set(self, params: dict, batch: dict) -> jax.Array:
+        """One query per user, ``[B, 1, E]``."""
+        return self.user_vectors(params, batch)[:, None]
+
     def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
         dropout_rng, negative_rng, aux_rng = jax.random.split(rng, 3)
         users = self._users(params, batch, dropout_rng)
@@ -201,6 +233,3 @@ class TwoTowerRecommender(FeatureTowerBase):
             return nce, {"info_nce_loss": nce}
         aux, metrics = self.aux_loss(params, batch, aux_rng)
         return nce + self.config.aux_weight * aux, {"info_nce_loss": nce, "aux_loss": aux} | metrics
-
-    def topk(self, params: dict, batch: dict, k: int) -> jax.Array:
-        return exact_topk(self.user_vectors(params, batch), self.item_embeddings(params), k)[0]

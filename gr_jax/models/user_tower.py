@@ -62,7 +62,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gr_jax.models.layers.t5 import NEG_INF, CrossAttention, FeedForward, RMSNorm, SelfAttention, dense_init
+from gr_jax.models.layers.t5 import NEG_INF, CrossAttention, FeedForward, RMSNorm, SelfAttention, proj
 from gr_jax.tokenizers.rq_vae import l2_normalize
 
 HISTORY_READS = ("first", "every")
@@ -78,10 +78,6 @@ def sinusoids(positions: jax.Array, dim: int) -> jax.Array:
     frequencies = jnp.exp(-math.log(10_000.0) * jnp.arange(dim // 2) / (dim // 2))
     angles = positions[..., None].astype(jnp.float32) * frequencies
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-
-
-def _dense(features: int, axes: tuple, name: str | None = None) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, name=name, kernel_init=nn.with_logical_partitioning(dense_init, axes))
 
 
 def heads_first(t: jax.Array) -> jax.Array:
@@ -187,7 +183,7 @@ class ReconstructionDecoder(nn.Module):
         attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, dropout=0.0)
         all_queries = jnp.ones(query_states.shape[:2], bool)
         x = x + attention(RMSNorm()(x), attention.memory(query_states), all_queries, False)
-        return _dense(feature_dim, ("embed", None))(RMSNorm()(x))
+        return proj(feature_dim, -1, ("embed", None), "Dense_0")(RMSNorm()(x))  # nn.Dense's old name
 
 
 class QFormer(nn.Module):
@@ -204,13 +200,16 @@ class QFormer(nn.Module):
     dropout_impl: str = "hash"
     history_read: str = "first"  # "first": block 0 reads the history, O(M) appends; "every": every block, O(N)
 
-    def setup(self):
+    def __post_init__(self):
         if self.history_read not in HISTORY_READS:
             raise ValueError(f"history_read={self.history_read!r}; expected one of {HISTORY_READS}")
+        super().__post_init__()
+
+    def setup(self):
         self.queries = self.param("queries", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
                                   (self.num_queries, self.embed_dim))
-        self.item_proj = _dense(self.embed_dim, (None, "embed"), "item_proj")
-        self.position_proj = _dense(self.embed_dim, (None, "embed"), "position_proj")
+        self.item_proj = proj(self.embed_dim, -1, (None, "embed"), "item_proj")
+        self.position_proj = proj(self.embed_dim, -1, (None, "embed"), "position_proj")
         self.input_norm, self.output_norm = RMSNorm(), RMSNorm()
         self.blocks = [QFormerBlock(self.num_queries, self.embed_dim, self.num_heads, self.head_dim, self.mlp_dim,
                                     self.recency_scale, self.dropout, self.dropout_impl,
@@ -270,30 +269,33 @@ class QFormer(nn.Module):
 
     def read_accumulators(self, item_features, mask, positions):
         """Block 0's read of the history as (running max ``[B, H, M]``, denominator ``[B, H, M]``,
-        numerator ``[B, H, M, Dh]``); all-padded rows give (NEG_INF, 0, 0)."""
+        numerator ``[B, H, M, Dh]``), all-padded rows giving (NEG_INF, 0, 0), and the query states
+        ``[B, M, D]`` they give."""
         (k, v), = self.memories(item_features, mask, positions)
-        _, q = self._read_start(mask.shape[0])
+        x, q = self._read_start(mask.shape[0])
         valid = mask[:, None, None, :]
         logits = jnp.where(valid, self.blocks[0].logits(q, k, positions), NEG_INF)
         top = logits.max(-1)
         weights = jnp.where(valid, jnp.exp(logits - top[..., None]), 0.0)
-        return top, weights.sum(-1), jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(v))
+        denominator, numerator = weights.sum(-1), jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(v))
+        return (top, denominator, numerator), self._from_read(x, denominator, numerator)
 
     def read_append(self, top, denominator, numerator, item_feature, position):
-        """The accumulators after one more item ``[B, F]`` at ``position [B]`` (online softmax)."""
+        """The accumulators after one more item ``[B, F]`` at ``position [B]`` (online softmax) and
+        the query states ``[B, M, D]`` they give."""
         new = jnp.ones(position.shape + (1,), bool)
         (k, v), = self.memories(item_feature[:, None], new, position[:, None])
-        _, q = self._read_start(position.shape[0])
+        x, q = self._read_start(position.shape[0])
         logit = self.blocks[0].logits(q, k, position[:, None])[..., 0]  # [B, H, M]
         new_top = jnp.maximum(top, logit)
         rescale, weight = jnp.exp(top - new_top), jnp.exp(logit - new_top)
         numerator = numerator * rescale[..., None] + weight[..., None] * heads_first(v)  # v: [B, H, 1, Dh]
-        return new_top, denominator * rescale + weight, numerator
+        denominator = denominator * rescale + weight
+        return (new_top, denominator, numerator), self._from_read(x, denominator, numerator)
 
-    def from_read(self, denominator, numerator):
-        """Query states ``[B, M, D]`` from block 0's read accumulators (an empty read adds zero, as
-        the full read of an all-padded history does)."""
-        x, _ = self._read_start(denominator.shape[0])
+    def _from_read(self, x, denominator, numerator):
+        """Query states ``[B, M, D]`` from block 0's stream before the read ``x`` (``_read_start``) and
+        its read accumulators (an empty read adds zero, as the full read of an all-padded history does)."""
         read = numerator / jnp.where(denominator > 0, denominator, 1.0)[..., None]
         x = self.blocks[0].finish(x, jnp.swapaxes(read, 1, 2), False)
         for block in self.blocks[1:]:
@@ -383,8 +385,6 @@ class QFormerUserTower:
                  reconstruction_weight: float = 1.0, orthogonality_weight: float = 0.1):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio}; expected a fraction in (0, 1)")
-        if module.history_read not in HISTORY_READS:
-            raise ValueError(f"history_read={module.history_read!r}; expected one of {HISTORY_READS}")
         self.module = module
         self.temperature = temperature
         self.mask_ratio = mask_ratio
@@ -422,12 +422,9 @@ class QFormerUserTower:
         return total, {"itc_loss": itc, "reconstruction_loss": reconstruction, "orthogonality_loss": orthogonality}
 
     def _with_output(self, params: dict, state: dict) -> dict:
-        if self.single_read:
-            output = self.module.apply({"params": params}, state["denominator"], state["numerator"],
-                                       method=QFormer.from_read)
-        else:
-            output = self.module.apply({"params": params}, state["memories"], state["mask"], state["positions"],
-                                       method=QFormer.from_memories)
+        """``"every"``: the state with the query states of its key/value cache."""
+        output = self.module.apply({"params": params}, state["memories"], state["mask"], state["positions"],
+                                   method=QFormer.from_memories)
         return dict(state, output=output)
 
     def init_state(self, params: dict, item_features: jax.Array, mask: jax.Array, capacity: int | None = None) -> dict:
@@ -442,10 +439,10 @@ class QFormerUserTower:
         positions = history_positions(mask)
         length = mask.sum(1, dtype=jnp.int32)
         if self.single_read:
-            top, denominator, numerator = self.module.apply({"params": params}, item_features, mask, positions,
-                                                            method=QFormer.read_accumulators)
-            state = {"max": top, "denominator": denominator, "numerator": numerator, "length": length}
-            return self._with_output(params, state)
+            (top, denominator, numerator), output = self.module.apply(
+                {"params": params}, item_features, mask, positions, method=QFormer.read_accumulators)
+            return {"max": top, "denominator": denominator, "numerator": numerator, "length": length,
+                    "output": output}
         size = mask.shape[1]
         capacity = 2 * size if capacity is None else capacity
         if capacity < size:
@@ -466,11 +463,11 @@ class QFormerUserTower:
         """
         position = state["length"]
         if self.single_read:
-            top, denominator, numerator = self.module.apply(
+            (top, denominator, numerator), output = self.module.apply(
                 {"params": params}, state["max"], state["denominator"], state["numerator"], new_item_feature,
                 position, method=QFormer.read_append)
-            state = {"max": top, "denominator": denominator, "numerator": numerator, "length": position + 1}
-            return self._with_output(params, state)
+            return {"max": top, "denominator": denominator, "numerator": numerator, "length": position + 1,
+                    "output": output}
         size = state["size"]
         capacity = state["mask"].shape[1]
         if not isinstance(size, jax.core.Tracer) and int(size) >= capacity:

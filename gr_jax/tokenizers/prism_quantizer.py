@@ -59,7 +59,7 @@ Differences from the authors' code (SPEC wins where they disagree):
 * The classification input keeps the chosen code vectors' values but adds a straight-through path
   ``c_l + r_l − sg(r_l)`` to the residual (hence the encoder), so that the classification can move
   items between codes; in their code it reaches the codebooks and the classifier only.
-* Inputs: each modality is L2-normalised before fusion (``normalize_inputs``; SASRec/LightGCN
+* Inputs: each modality is L2-normalised before fusion (``normalize_input``; SASRec/LightGCN
   vectors are not unit norm and would otherwise swamp the text after the LayerNorm); the gate reads
   the raw CF vector, whose norm carries popularity information.
 * Codebooks are trained by gradient (with k-means init and dead-code reset, as ``rq_vae``), not by
@@ -90,30 +90,13 @@ _EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
-class PrismConfig:
-    """Every knob of the PSQ, paper / SPEC defaults. ``acd`` and ``hsa`` switch the modules
-    independently; with both off the model is an RQ-VAE on ``[e_text ; e_cf]`` with dual heads."""
+class PrismConfig(rq_vae.RQVAEConfig):
+    """Every knob of the PSQ, paper / SPEC defaults: the RQ-VAE's architecture and training fields
+    (SPEC: 3 x 256, code dim 32, beta 0.25) plus the fields below. ``acd`` and ``hsa`` switch the
+    modules independently; with both off the model is an RQ-VAE on ``[e_text ; e_cf]`` with dual heads."""
 
-    # RQ-VAE (SPEC: 3 x 256, code dim 32, beta 0.25) and its training (see rq_vae.RQVAEConfig).
-    hidden_dims: tuple[int, ...] = (512, 256, 128)
-    code_dim: int = 32
-    num_levels: int = 3
-    codebook_size: int = 256
-    beta: float = 0.25
     dropout: float = 0.1  # encoder/decoder hidden layers
-    optimizer: str = "adamw"
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    num_epochs: int = 200
-    reset_every: int = 50
-    seed: int = 0
-    kmeans_init: bool = True
-    kmeans_init_samples: int = 8192
-    kmeans_iters: int = 25
-    encode_batch_size: int = 4096
-    # Inputs and reconstruction.
-    normalize_inputs: bool = True  # L2-normalise e_text and e_cf before fusion and as targets
+    normalize_input: bool = True  # L2-normalise e_text and e_cf before fusion and as targets
     recon_loss: str = "cosine"  # cosine | mse, per decoder head
     text_recon_weight: float = 1.0
     cf_recon_weight: float = 1.0
@@ -144,11 +127,6 @@ class PrismConfig:
     class_weight: float = 1.0  # classification loss inside L_HSA
     class_hidden: int = 0  # 0: max(2 * input width, 128)
     class_dropout: float = 0.1
-
-    def rq_vae_config(self) -> rq_vae.RQVAEConfig:
-        """The training settings ``rq_vae.fit_rq_vae`` reads."""
-        names = {f.name for f in dataclasses.fields(rq_vae.RQVAEConfig)} - {"recon_loss"}
-        return rq_vae.RQVAEConfig(**{n: getattr(self, n) for n in names if hasattr(self, n)})
 
 
 # ----------------------------------------------------------------------------- per-item side inputs
@@ -350,8 +328,8 @@ class PrismQuantizer(nn.Module):
         text, cf_raw = x[:, :self.text_dim], x[:, self.text_dim:]
         if x.shape[1] != self.text_dim + self.cf_dim:
             raise ValueError(f"x has {x.shape[1]} columns; expected text {self.text_dim} + cf {self.cf_dim}")
-        text_in = rq_vae.l2_normalize(text) if c.normalize_inputs else text
-        cf_in = rq_vae.l2_normalize(cf_raw) if c.normalize_inputs else cf_raw
+        text_in = rq_vae.l2_normalize(text) if c.normalize_input else text
+        cf_in = rq_vae.l2_normalize(cf_raw) if c.normalize_input else cf_raw
         if not c.acd:
             return {"fused": jnp.concatenate([text_in, cf_in], -1), "gate": jnp.ones_like(cf_in),
                     "text_target": text_in, "cf_target": cf_in}
@@ -364,12 +342,10 @@ class PrismQuantizer(nn.Module):
         return self.encoder(self._inputs(x, train)["fused"], train)
 
     def quantize(self, x: jax.Array, aux: dict | None = None) -> dict[str, jax.Array]:
-        z = self.latent(x, aux)
-        return {"z": z} | self.quantizer(z)
-
-    def gate_mean(self, x: jax.Array, aux: dict | None = None) -> jax.Array:
-        """Per-item mean gate ``[B]`` (1 without ACD)."""
-        return self._inputs(x)["gate"].mean(-1)
+        """Codes etc. as ``RQVAE.quantize``, plus each item's mean ACD gate as an item output."""
+        inputs = self._inputs(x)
+        z = self.encoder(inputs["fused"], False)
+        return {"z": z, "item_outputs": {"gate_mean": inputs["gate"].mean(-1)}} | self.quantizer(z)
 
     def __call__(self, x: jax.Array, aux: dict | None = None, train: bool = False) -> dict[str, jax.Array]:
         c = self.config
@@ -463,15 +439,6 @@ class PrismResult:
     fit_seconds: float
 
 
-def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
-    n, outs = len(x), []
-    batch_size = min(batch_size, n)
-    for start in range(0, n, batch_size):
-        index = np.minimum(np.arange(start, start + batch_size), n - 1)
-        outs.append(np.asarray(fn(x[index]))[:min(batch_size, n - start)])
-    return np.concatenate(outs)
-
-
 def fit_prism_quantizer(text: np.ndarray, cf: np.ndarray, popularity: np.ndarray | None = None,
                         tags: np.ndarray | None = None, config: PrismConfig = PrismConfig(), *,
                         num_tags: Sequence[int] | None = None, tag_tables: Sequence[np.ndarray] | None = None,
@@ -511,12 +478,9 @@ def fit_prism_quantizer(text: np.ndarray, cf: np.ndarray, popularity: np.ndarray
         num_tags = ()
     module = build_prism_quantizer(config, text.shape[1], cf.shape[1], num_tags)
     x = np.concatenate([text, cf], axis=1)
-    result = rq_vae.fit_rq_vae(x, config.rq_vae_config(), module=module, aux=aux, variables=variables,
+    result = rq_vae.fit_rq_vae(x, config, module=module, aux=aux, variables=variables,
                                log_every=log_every)
-    gate = None
-    if config.acd:
-        gate_fn = jax.jit(lambda b: module.apply({"params": result.params}, b, method="gate_mean"))
-        gate = _batched(gate_fn, x, config.encode_batch_size)
+    gate = result.item_outputs["gate_mean"] if config.acd else None
     return PrismResult(codes=result.codes, codebooks=result.codebooks, latents=result.latents,
                        loss_history=result.loss_history, gate_mean=gate, params=result.params,
                        collections=result.collections, num_tags=tuple(num_tags), fit_seconds=time.time() - tic)

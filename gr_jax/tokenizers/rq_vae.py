@@ -279,6 +279,7 @@ class RQVAEResult:
     latents: np.ndarray  # [N, code_dim]
     residual_norms: np.ndarray  # [L + 1]: mean ||r_l|| entering each level, then the final error
     collections: dict = dataclasses.field(default_factory=dict)  # final non-"params" collections
+    item_outputs: dict = dataclasses.field(default_factory=dict)  # extra per-item outputs of quantize ([N, ...])
 
 
 @functools.lru_cache(maxsize=None)
@@ -333,11 +334,8 @@ def train_step(state: TrainState, x: jax.Array, aux: Mapping[str, jax.Array], *,
 
     def loss_fn(params, dropout_key):
         variables = {"params": params} | dict(state.collections)
-        if mutable:
-            outputs, collections = module.apply(variables, x, aux, train=True, rngs={"dropout": dropout_key},
-                                                mutable=mutable)
-        else:
-            outputs, collections = module.apply(variables, x, aux, train=True, rngs={"dropout": dropout_key}), {}
+        outputs, collections = module.apply(variables, x, aux, train=True, rngs={"dropout": dropout_key},
+                                            mutable=mutable)
         loss, metrics = outputs["loss"], _batch_metrics(outputs)
         if extra_loss_fn is not None:
             extra, extra_metrics = extra_loss_fn(params, aux, outputs)
@@ -466,7 +464,8 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
     encoded = quantize_all(module, state.params, x, aux, config.encode_batch_size, collections=collections)
     return RQVAEResult(params=state.params, codes=encoded["codes"],
                        codebooks=np.asarray(state.params["quantizer"]["codebooks"]), loss_history=history,
-                       latents=encoded["z"], residual_norms=encoded["residual_norms"], collections=collections)
+                       latents=encoded["z"], residual_norms=encoded["residual_norms"], collections=collections,
+                       item_outputs=encoded["item_outputs"])
 
 
 # ----------------------------------------------------------------------------- inference
@@ -474,13 +473,14 @@ def fit_rq_vae(x: np.ndarray, config: RQVAEConfig = RQVAEConfig(), *, module: nn
 
 def quantize_all(module: nn.Module, params: Params, x: np.ndarray, aux: Mapping[str, np.ndarray] | None = None,
                  batch_size: int = 4096, *, collections: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """``codes [N, L]``, latents ``z [N, d]`` and mean residual norms ``[L + 1]`` in fixed-size batches
-    (``collections``: the module's non-"params" variables, if its ``quantize`` reads any)."""
+    """``codes [N, L]``, latents ``z [N, d]``, mean residual norms ``[L + 1]`` and any per-item
+    ``item_outputs`` the module's ``quantize`` adds, in fixed-size batches (``collections``: the
+    module's non-"params" variables, if its ``quantize`` reads any)."""
     x = np.asarray(x, np.float32)
     aux = {k: np.asarray(v) for k, v in (aux or {}).items()}
     n = len(x)
     batch_size = min(batch_size, n)
-    codes, latents, norms = [], [], []
+    codes, latents, norms, extras = [], [], [], []
     for start in range(0, n, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad the tail by repetition
         out = jax.device_get(_apply(params, x[index], _take(aux, index), module=module, method="quantize",
@@ -491,8 +491,10 @@ def quantize_all(module: nn.Module, params: Params, x: np.ndarray, aux: Mapping[
         codes.append(out["codes"][:keep])
         latents.append(out["z"][:keep])
         norms.append(np.linalg.norm(residuals, axis=-1))
+        extras.append({k: v[:keep] for k, v in out.get("item_outputs", {}).items()})
     return {"codes": np.concatenate(codes).astype(np.int32), "z": np.concatenate(latents),
-            "residual_norms": np.concatenate(norms).mean(0)}
+            "residual_norms": np.concatenate(norms).mean(0),
+            "item_outputs": {k: np.concatenate([e[k] for e in extras]) for k in extras[0]}}
 
 
 def encode(params: Params, config: RQVAEConfig, x: np.ndarray, *, module: nn.Module | None = None,

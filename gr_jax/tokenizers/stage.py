@@ -95,7 +95,7 @@ def fit_prism(dataset: Dataset, features: Features, cfg: ml_collections.ConfigDi
     from gr_jax.data.splits import train_item_counts
     from gr_jax.tokenizers import prism_quantizer as pq
 
-    config = pq.PrismConfig(**(cfg.to_dict() | {"hidden_dims": tuple(cfg.hidden_dims)}))
+    config = pq.PrismConfig(**cfg.to_dict())
     text, cf = features.get("text"), features.get("cf")
     counts = train_item_counts(dataset.users, dataset.num_items)
     popularity = pq.popularity_scores(counts)

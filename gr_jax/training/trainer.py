@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -50,11 +51,16 @@ class NonFiniteError(FloatingPointError):
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation):
-    """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag."""
+    """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag.
+
+    A model whose loss follows a schedule (e.g. CRBR's Gumbel temperature) sets
+    ``loss_uses_step = True``; its ``loss`` then also receives ``step=`` (the optimizer step, traced)."""
+    uses_step = getattr(model, "loss_uses_step", False)
 
     def step(state: TrainState, batch: dict):
         rng, step_rng = jax.random.split(state.rng)
-        (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(state.params, batch, step_rng)
+        loss_fn = functools.partial(model.loss, step=state.step) if uses_step else model.loss
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -97,13 +103,27 @@ def jit_train_step(model, optimizer, mesh, state_shardings):
 
 
 def jit_topk(model, mesh, params_shardings, k: int, selection: bool = False):
-    """``(params, local batch) -> [local B, k]`` numpy top-k items; the global batch is split along ``data``.
+    """``params -> (local batch -> [local B, k])`` numpy top-k items; the global batch is split along ``data``.
+
+    Call it once per evaluation round with the round's params, then rank every batch with the
+    returned function. When the model defines ``eval_params(params) -> params`` (e.g. the
+    two-tower and CRBR models add the catalogue's item vectors), it runs once here, jitted, and
+    ``topk`` receives its output instead of ``params``; without the hook ``topk`` gets ``params``.
 
     ``selection``: the ranking used to pick checkpoints, ``model.selection_topk`` when the model has
     a cheaper one for that (Pctx: fewer inference copies), else ``model.topk``."""
     method = getattr(model, "selection_topk", model.topk) if selection else model.topk
-    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
-    return lambda params, batch: sharding.to_host_local(topk(params, sharding.shard_batch(batch, mesh)), mesh)
+    hook = getattr(model, "eval_params", None)
+    prepare = (lambda p: p) if hook is None else jax.jit(hook, in_shardings=(params_shardings,))
+    # The hook's outputs stay where it placed them: their tree is not the params' one.
+    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(params_shardings if hook is None else None,
+                                                               sharding.batch_sharding(mesh)))
+
+    def for_params(params):
+        prepared = prepare(params)
+        return lambda batch: sharding.to_host_local(topk(prepared, sharding.shard_batch(batch, mesh)), mesh)
+
+    return for_params
 
 
 def total_train_steps(train: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -201,8 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
             if step % train_cfg.log_every_steps == 0 or evaluate_now:
                 progress.flush(step)
             if evaluate_now:
-                valid = evaluate_split(lambda b: topk(state.params, b), interactions, "valid", config.data,
-                                       config.eval)
+                valid = evaluate_split(topk(state.params), interactions, "valid", config.data, config.eval)
                 writer.write(step, {f"valid/{k}": v for k, v in valid.items() if k != "num_users"})
                 if valid[SELECT_METRIC] > loop["best"]:
                     loop.update(best=valid[SELECT_METRIC], bad_evals=0, best_step=step)

@@ -103,20 +103,22 @@ def test_beam_search_on_a_sharded_mesh_matches_one_device():
 
 def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
     # A full-width beam is exhaustive, so every valid SID's score must equal the sum over levels of
-    # log_softmax(logits / tau[level, children of its prefix]) at its code (PRISM's ATS at decoding).
+    # log_softmax(logits / tau[level, children of its prefix]) at its code (PRISM's ATS at decoding,
+    # passed to the beam search as one temperature per prefix).
     codes = np.unique(catalog(seed=2), axis=0)
     trie = build_trie(codes, K)
     num_levels = codes.shape[1]
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(num_levels, K + 1, K)).astype(np.float32)  # [level, previous code + 1, code]
     tau = rng.uniform(0.2, 2.0, size=(num_levels, K + 1)).astype(np.float32)
+    per_prefix = np.take_along_axis(tau, trie.num_children(), axis=1)  # [L, max_prefixes]
 
     def step(cache, previous, level):
         return jax.nn.log_softmax(jnp.asarray(logits)[level][previous + 1], -1), cache
 
     width = len(codes)
     sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), jnp.asarray(trie.children), 1, width,
-                                               temperatures=jnp.asarray(tau)))()
+                                               temperatures=jnp.asarray(per_prefix)))()
     reference = {}
     for sid_row, items in enumerate(trie.sid_items):
         path, prefix, previous, total = codes[items[0]], 0, -1, 0.0

@@ -12,9 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from gr_jax.models.crbr import (CRBR, code_usage, crbr_loss, gumbel_softmax, gumbel_temperature, load_balance_loss,
-                                recall, retrieve, route_beams)
+from gr_jax.models.crbr import CRBR, crbr_loss, gumbel_softmax, gumbel_temperature, load_balance_loss, route_beams
 from gr_jax.retrieval.exact import exact_topk
+from gr_jax.retrieval.multi_query import recall, retrieve
+from gr_jax.tokenizers.health import compute_health
 
 EMBED, ITEM = 8, 6
 
@@ -157,7 +158,7 @@ def test_retrieve_with_exact_topk_on_beam_queries():
     result = retrieve(queries, functools.partial(exact_topk, vectors=items), k=10)
     assert result.ids.shape == (4, 10) and result.path_ids.shape == (4, 5, 10)
     for user in range(4):
-        assert len(set(result.ids[user])) == 10
+        assert len(set(np.asarray(result.ids[user]).tolist())) == 10
         best = (np.asarray(queries[user]) @ np.asarray(items).T).max(0)  # max over paths per item
         np.testing.assert_array_equal(result.ids[user], np.argsort(-best, kind="stable")[:10])
         np.testing.assert_allclose(result.scores[user], np.sort(best)[::-1][:10], rtol=1e-5)
@@ -175,6 +176,12 @@ def test_load_balance_is_minimal_for_uniform_use():
     assert np.all(np.isfinite(grad))
 
 
+def code_usage(codes, sizes):
+    """Per-layer usage and perplexity of routing codes ``[..., L]`` through the tokenizers' health report."""
+    levels = compute_health(np.asarray(codes).reshape(-1, len(sizes)), sizes).levels
+    return {"usage": np.array([lv.usage for lv in levels]), "perplexity": np.array([lv.perplexity for lv in levels])}
+
+
 def test_code_usage():
     codes = np.array([[0, 1], [1, 1], [2, 1], [0, 1]])
     report = code_usage(codes, (4, 2))
@@ -182,8 +189,13 @@ def test_code_usage():
     p = np.array([0.5, 0.25, 0.25])
     np.testing.assert_allclose(report["perplexity"], [np.exp(-(p * np.log(p)).sum()), 1.0])
     assert code_usage(codes[None], (4, 2))["usage"].shape == (2,)  # any leading axes
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, codebook_size\)"):
         code_usage(codes, (2, 2))
+    module, params, q = setup()
+    _, _, beam_codes = route_beams(module, params, q, 5)  # [B, W, L] CRBR codes
+    report = code_usage(beam_codes, module.codebook_sizes)
+    assert report["usage"].shape == (3,) and np.all((report["usage"] > 0) & (report["usage"] <= 1))
+    assert np.all((report["perplexity"] >= 1) & (report["perplexity"] <= np.asarray(module.codebook_sizes)))
 
 
 def test_training_reduces_the_losses():
@@ -193,7 +205,7 @@ def test_training_reduces_the_losses():
     optimizer = optax.adam(1e-2)
 
     def loss_fn(params, rng):
-        return crbr_loss(module.apply({"params": params}, q, rng, 1.0, True), positives)
+        return crbr_loss(module.apply({"params": params}, q, rng, 1.0, True), positives, jnp.arange(len(positives)))
 
     @jax.jit
     def train_step(params, opt_state, rng):
@@ -212,3 +224,21 @@ def test_training_reduces_the_losses():
     assert float(after) < 0.5 * float(before), (before, after)
     assert float(after_terms["info_nce_loss"]) < float(before_terms["info_nce_loss"])
     assert float(after_terms["alignment_loss"]) < float(before_terms["alignment_loss"])
+
+
+def test_recommender_anneals_the_gumbel_temperature_with_the_step():
+    from configs import crbr as crbr_config
+    from gr_jax.features import Features
+    from gr_jax.models.crbr_recommender import CRBRRecommender
+
+    config = crbr_config.get_config("tiny").model
+    config.update(gumbel_temperature=1.0, gumbel_temperature_min=0.5, gumbel_decay_rate=1e-3, item_features="text")
+    rng = np.random.default_rng(0)
+    model = CRBRRecommender(config, Features(text=rng.normal(size=(20, 8)).astype(np.float32)))
+    taus = [float(model.temperature(step)) for step in (0, 100, 693, 5000)]
+    np.testing.assert_allclose(taus, [1.0, np.exp(-0.1), 0.5, 0.5], rtol=1e-3)  # exp(-0.693) = 0.5: the floor
+    batch = {"history": rng.integers(0, 20, (4, 5)).astype(np.int32), "history_mask": np.ones((4, 5), bool),
+             "target": np.arange(4, dtype=np.int32)}
+    params = jax.jit(lambda r, b: nn.meta.unbox(model.init(r, b)))(jax.random.PRNGKey(0), batch)
+    _, metrics = jax.jit(model.loss)(params, batch, jax.random.PRNGKey(1), 100)
+    assert float(metrics["gumbel_temperature"]) == pytest.approx(np.exp(-0.1), rel=1e-5)

@@ -1,4 +1,4 @@
-"""Two-tower and CRBR recommenders: tiny end-to-end pipeline runs and CRBR's beam-1 retrieval."""
+"""Q-Former pre-training, two-tower and CRBR recommenders: tiny end-to-end pipeline runs and CRBR's beam-1 retrieval."""
 
 import json
 import shutil
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from configs import crbr as crbr_config
+from configs import qformer as qformer_config
 from configs import two_tower as two_tower_config
 from gr_jax import stages
 from gr_jax.features import Features
-from gr_jax.models import crbr_recommender, two_tower
+from gr_jax.models import crbr_recommender, qformer_pretrain, two_tower
 from gr_jax.models.crbr import CRBR
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.tokenizers.rq_vae import l2_normalize
@@ -37,7 +38,8 @@ def features_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("module, model_class", [(two_tower_config, two_tower.TwoTowerRecommender),
-                                                 (crbr_config, crbr_recommender.CRBRRecommender)])
+                                                 (crbr_config, crbr_recommender.CRBRRecommender),
+                                                 (qformer_config, qformer_pretrain.QFormerPretrainRecommender)])
 def test_tiny_pipeline_trains_and_beats_chance(module, model_class, features_dir, tmp_path):
     config = module.get_config("tiny")
     assert config.stages == "data,features,train,eval"
@@ -54,7 +56,8 @@ def test_tiny_pipeline_trains_and_beats_chance(module, model_class, features_dir
         assert 0.0 <= metrics[split]["ndcg@10"] <= metrics[split]["recall@10"] <= 1.0
         assert metrics[split]["recall@10"] >= RECALL_FLOOR, metrics[split]
     embeddings = np.load(tmp_path / "train" / "item_embeddings.npy")
-    assert embeddings.shape == (100, config.model.item_dim)
+    # The retrieval index: the item tower's vectors, or the pre-trained Q-Former's ITC item embeddings.
+    assert embeddings.shape == (100, config.model.get("item_dim", config.model.embed_dim))
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-5)
 
 
@@ -86,17 +89,3 @@ def test_crbr_topk_with_one_beam_is_exact_topk_of_the_greedy_query():
     expected = greedy_topk(params, batch)
     np.testing.assert_array_equal(ids, np.asarray(expected))
     assert ids.shape == (batch_size, k) and all(len(set(row)) == k for row in ids)
-
-
-def test_jittable_merge_by_max_matches_the_numpy_merge():
-    from gr_jax.models.crbr import merge_by_max as numpy_merge
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 12, (6, 15)).astype(np.int32)
-    scores = rng.normal(size=(6, 15)).astype(np.float32)
-    scores[0, :3] = 0.5  # ties
-    for k in (3, 8):
-        got = jax.jit(crbr_recommender.merge_by_max, static_argnums=2)(ids, scores, k)
-        want = numpy_merge(ids, scores, k)
-        np.testing.assert_array_equal(np.asarray(got[0]), want[0])
-        np.testing.assert_allclose(np.asarray(got[1]), want[1])

@@ -135,11 +135,15 @@ def test_exact_topk_errors(vectors, queries, k, message):
         exact_topk(queries, vectors, k)
 
 
-def test_index_errors(index, catalogue, tmp_path):
+def test_index_errors(index, catalogue):
     with pytest.raises(ValueError, match="queries have dim 16 but the item vectors have dim 32"):
         index.search(np.ones((2, 16)))
     with pytest.raises(ValueError, match="k=20001 must be in"):
         index.search(catalogue[:2], k=20_001)
+
+
+def test_build_and_config_errors(catalogue, tmp_path):
+    """Checks that run before ScaNN is imported (or without it)."""
     with pytest.raises(ValueError, match="the catalogue is empty"):
         build_index(np.zeros((0, 32)))
     with pytest.raises(ValueError, match="ScannConfig.k=11 exceeds the catalogue size 10"):

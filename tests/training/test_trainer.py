@@ -133,3 +133,30 @@ def test_early_stopping_ends_training_when_validation_stalls(tmp_path):
     stages.run(config, str(tmp_path))
     summary = json.load(open(tmp_path / "train" / "summary.json"))
     assert summary["stopped_early"] and summary["final_step"] == 3 * summary["steps_per_epoch"]
+
+
+class _StepEcho:
+    """A one-parameter model whose loss reports the ``step`` the trainer passes it."""
+
+    loss_uses_step = True
+
+    def init(self, rng, batch):
+        return {"w": jax.numpy.zeros(())}
+
+    def loss(self, params, batch, rng, step):
+        return (params["w"] - 1.0) ** 2, {"seen_step": step}
+
+
+def test_step_aware_losses_receive_the_optimizer_step():
+    config = sasrec.get_config("tiny")
+    config.mesh.data = 1
+    model, optimizer = _StepEcho(), make_optimizer(config.train, 10)
+    batch = {"history": np.zeros((4, 3), np.int32)}
+    with trainer.mesh_context(config) as mesh:
+        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
+        seen = []
+        for _ in range(3):
+            state, metrics = step(state, batch)
+            seen.append(int(metrics["seen_step"]))
+    assert seen == [0, 1, 2]

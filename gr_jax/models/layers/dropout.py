@@ -26,15 +26,24 @@ def fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-    """Boolean keep-mask with P(keep) = 1 - rate (to 2^-32), from a uint32 ``seed``."""
+def mix_keys(keys: jax.Array, seed: jax.Array) -> jax.Array:
+    """Random-looking uint32 bits of integer ``keys`` under a ``seed`` (broadcastable); same inputs, same bits."""
+    return fmix32(keys.astype(jnp.uint32) ^ fmix32(jnp.asarray(seed, jnp.uint32) + jnp.uint32(0x9E3779B9)))
+
+
+def hash_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 bits ``shape`` keyed by each element's global linear index (so sharding does not matter)."""
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
         stride *= shape[axis]
-    bits = fmix32(index ^ fmix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9)))
-    return bits >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+    return mix_keys(index, seed)
+
+
+def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """Boolean keep-mask with P(keep) = 1 - rate (to 2^-32), from a uint32 ``seed``."""
+    return hash_bits(seed, shape) >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
 
 
 class Dropout(nn.Module):

@@ -67,7 +67,8 @@ class RMSNorm(nn.Module):
         return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps) * scale).astype(x.dtype)
 
 
-def _proj(features, axes, names, name):
+def proj(features, axes, names, name):
+    """Bias-free ``DenseGeneral`` over ``axes`` with ``dense_init`` kernels partitioned by logical ``names``."""
     return nn.DenseGeneral(features, axis=axes, use_bias=False, name=name,
                            kernel_init=nn.with_logical_partitioning(dense_init, names))
 
@@ -92,8 +93,8 @@ class SelfAttention(nn.Module):
     dropout_impl: str = "hash"
 
     def setup(self):
-        self.qkv = _proj((3, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
-        self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.qkv = proj((3, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
+        self.out = proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
         self.drop = Dropout(self.dropout, self.dropout_impl)
 
     def _output(self, y, train):
@@ -124,9 +125,9 @@ class CrossAttention(nn.Module):
     dropout_impl: str = "hash"
 
     def setup(self):
-        self.q = _proj((self.num_heads, self.head_dim), -1, ("embed", "heads", "kv"), "q")
-        self.kv = _proj((2, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
-        self.out = _proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.q = proj((self.num_heads, self.head_dim), -1, ("embed", "heads", "kv"), "q")
+        self.kv = proj((2, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
+        self.out = proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
         self.drop = Dropout(self.dropout, self.dropout_impl)
 
     def memory(self, encoded):
@@ -147,10 +148,10 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        h = _proj(self.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
+        h = proj(self.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
         h = nn.with_logical_constraint(nn.relu(h), ("batch", "seq", "mlp"))
         h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train)
-        y = _proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
+        y = proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
         return Dropout(self.dropout, self.dropout_impl)(y, deterministic=not train)
 
 
