@@ -12,7 +12,6 @@ from configs import pctx as pctx_config
 from gr_jax import stages
 from gr_jax.data.synthetic import SyntheticConfig, generate
 from gr_jax.data.splits import train_event_mask
-from gr_jax.features import event_windows
 from gr_jax.models import pctx as pctx_model
 from gr_jax.tokenizers import pctx
 from gr_jax.tokenizers.pctx import PctxConfig, PersonalizedSIDs

@@ -11,7 +11,6 @@ catalogue. The shared evaluator then scores the lists.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable
 
