@@ -19,6 +19,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m = c.model
     # Two-tower-only parts: the Set Transformer head, the item tower and its InfoNCE.
     for name in ("set_num_heads", "set_mlp_dim", "item_dim", "item_hidden_dim", "item_num_layers", "temperature",
-                 "num_sampled_negatives", "aux_weight"):
+                 "num_sampled_negatives", "aux_weight", "init_qformer_from"):
         del m[name]
     return c

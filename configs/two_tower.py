@@ -46,6 +46,9 @@ def model_config() -> ml_collections.ConfigDict:
     c.aux_mask_ratio = 0.15  # history items hidden for the reconstruction loss
     c.aux_reconstruction_weight = 1.0
     c.aux_orthogonality_weight = 0.1
+    # Pre-training -> fine-tuning: a finished configs/qformer.py run's WORKDIR; the Q-Former starts
+    # from its best checkpoint (its shape fields must match). '' = random init.
+    c.init_qformer_from = ""
     return c
 
 

@@ -104,6 +104,12 @@ def _model(ctx: Context):
         ctx.model = registry.build(ctx.config, _dataset(ctx).num_items,
                                    _sid_table(ctx) if name in registry.SID_MODELS else None,
                                    _features(ctx) if name in registry.FEATURE_MODELS else None)
+        if ctx.config.model.get("init_qformer_from"):
+            from gr_jax.models.qformer_pretrain import load_pretrained_qformer
+
+            ctx.model.pretrained_qformer = load_pretrained_qformer(
+                ctx.config.model.init_qformer_from, ctx.config.model, _features(ctx), _dataset(ctx).users)
+            logging.info("Q-Former initialised from the pre-training run %s.", ctx.config.model.init_qformer_from)
     return ctx.model
 
 

@@ -122,6 +122,22 @@ def info_nce_with_negatives(users, positives, negatives, targets, negative_ids, 
     return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
 
 
+def with_values(boxed: dict, values: dict) -> dict:
+    """``boxed`` params (leaves may carry logical-partitioning metadata) with every value replaced
+    by the same-shaped array of ``values``, the metadata kept (so sharding rules still apply)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+
+    def replace(old, new):
+        shape = (old.unbox() if is_box(old) else old).shape
+        if shape != new.shape:
+            raise ValueError(f"pre-trained parameter of shape {new.shape} where the model has {shape}")
+        return old.replace_boxed(jnp.asarray(new)) if is_box(old) else jnp.asarray(new)
+
+    if jax.tree.structure(boxed, is_leaf=is_box) != jax.tree.structure(values):
+        raise ValueError("the pre-trained parameters do not have the model's structure")
+    return jax.tree.map(replace, boxed, values, is_leaf=is_box)
+
+
 class QFormerBase:
     """Shared by every model on the Q-Former user tower (pre-training, two-tower, CRBR): the
     frozen feature table, the Q-Former with its pre-training losses, the catalogue cache and
@@ -169,7 +185,12 @@ class QFormerBase:
 
 class FeatureTowerBase(QFormerBase):
     """Shared by the two-tower and CRBR recommenders: ``QFormerBase`` plus the trainable item
-    tower and the Q-Former's pre-training losses as an optional auxiliary."""
+    tower and the Q-Former's pre-training losses as an optional auxiliary.
+
+    ``pretrained_qformer``: Q-Former params to start from instead of a random init (set by the
+    train stage from ``model.init_qformer_from``; ``qformer_pretrain.load_pretrained_qformer``)."""
+
+    pretrained_qformer: dict | None = None
 
     def __init__(self, model_config: ml_collections.ConfigDict, features):
         super().__init__(model_config, features)
@@ -177,8 +198,10 @@ class FeatureTowerBase(QFormerBase):
 
     def init_towers(self, rng: jax.Array, batch: dict) -> dict:
         q_rng, i_rng = jax.random.split(rng)
-        return {"qformer": self.qformer_tower.init(q_rng, self.qformer_batch(batch)),
-                "item_tower": self.item_tower.init(i_rng, self.features[:1])["params"]}
+        qformer = self.qformer_tower.init(q_rng, self.qformer_batch(batch))
+        if self.pretrained_qformer is not None:
+            qformer = with_values(qformer, self.pretrained_qformer)
+        return {"qformer": qformer, "item_tower": self.item_tower.init(i_rng, self.features[:1])["params"]}
 
     def item_vectors(self, params: dict, ids: jax.Array | None = None) -> jax.Array:
         """Unit item vectors ``[..., E]`` of ``ids`` (all items when None)."""

@@ -89,3 +89,31 @@ def test_crbr_topk_with_one_beam_is_exact_topk_of_the_greedy_query():
     expected = greedy_topk(params, batch)
     np.testing.assert_array_equal(ids, np.asarray(expected))
     assert ids.shape == (batch_size, k) and all(len(set(row)) == k for row in ids)
+
+
+def test_fine_tuning_starts_from_the_pretrained_qformer(features_dir, tmp_path):
+    from gr_jax.data.pipeline import train_dataset
+
+    pretraining = qformer_config.get_config("tiny")
+    pretraining.update(stages="data,train")
+    pretraining.train.num_steps = 3
+    pretraining.mesh.data = 1
+    shutil.copytree(features_dir, tmp_path / "pre" / "features")
+    pretrained = stages.run(pretraining, str(tmp_path / "pre")).params["qformer"]
+
+    def fine_tuning(**model_overrides):
+        config = two_tower_config.get_config("tiny")
+        config.model.update(init_qformer_from=str(tmp_path / "pre"), **model_overrides)
+        return stages.Context(config=config, workdir=str(tmp_path / "tune"))
+
+    shutil.copytree(features_dir, tmp_path / "tune" / "features")
+    ctx = fine_tuning()
+    model = stages._model(ctx)
+    batch = train_dataset(ctx.dataset.users, max_history=ctx.config.data.max_history, global_batch_size=8, seed=0)[0]
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(3), batch))
+    jax.tree.map(np.testing.assert_array_equal, params["qformer"], pretrained)
+    fresh = nn.meta.unbox(two_tower.TwoTowerRecommender(ctx.config.model, ctx.features).init(
+        jax.random.PRNGKey(3), batch))  # same seed, no pre-training: different weights
+    assert not np.allclose(fresh["qformer"]["queries"], params["qformer"]["queries"])
+    with pytest.raises(ValueError, match=r"model.num_queries \(pre-trained 8, here 4\)"):
+        stages._model(fine_tuning(num_queries=4))
