@@ -1,7 +1,7 @@
 """ScaNN vs exact top-k retrieval: queries/s at batch 1 and 256, recall@10 against exact.
 
     python bench/ann.py [--num_vectors 1000000] [--dim 64] [--clusters 1000] [--sigma 0.1] [--queries 10000]
-                        [--item_vectors PATH.npy [--skip_synthetic]] [--workdir DIR]
+                        [--item_vectors PATH.npy [--skip_synthetic] [--leaves_to_search 0,7]] [--workdir DIR]
 
 Synthetic catalogue (numpy ``default_rng(--seed)``): ``--clusters`` centres ~ N(0, I_dim), each
 scaled to unit norm; each of the ``--num_vectors`` items picks a centre uniformly at random and is
@@ -110,6 +110,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--item_vectors", help="also benchmark the rows of this .npy file [N, d]")
     parser.add_argument("--skip_synthetic", action="store_true", help="only the --item_vectors catalogue")
+    parser.add_argument("--leaves_to_search", default="0",
+                        help="--item_vectors: comma-separated ScannConfig.num_leaves_to_search values, one run "
+                             "each (0 = auto, 5%% of the leaves)")
     parser.add_argument("--workdir", help="where the indexes are saved (default: a temporary folder)")
     args = parser.parse_args()
     if args.queries < BATCH:
@@ -127,8 +130,10 @@ def main():
             rows = np.random.default_rng(args.seed).choice(len(vectors), args.queries,
                                                            replace=len(vectors) < args.queries)
             # A real catalogue is usually below ScannConfig.brute_force_below: force the tree to measure it.
-            emit(run("item_vectors", vectors, vectors[rows], workdir, args.batch1_queries,
-                     ScannConfig(recall_sample=0, brute_force_below=0), path=args.item_vectors))
+            for leaves in (int(v) for v in args.leaves_to_search.split(",")):
+                config = ScannConfig(recall_sample=0, brute_force_below=0, num_leaves_to_search=leaves)
+                emit(run("item_vectors", vectors, vectors[rows], workdir, args.batch1_queries, config,
+                         path=args.item_vectors))
 
 
 if __name__ == "__main__":
