@@ -16,8 +16,8 @@
   ``QFormerUserTower.loss``), off by default.
 - **Retrieval** (``topk``): exact top-k of ``user · item`` over the whole catalogue inside jit
   (``retrieval.exact.exact_topk``; the catalogue's item vectors are computed once per evaluation
-  round by ``eval_params``), or from a ScaNN index with ``eval.index='scann'``; nothing is masked (history items may be recommended again,
-  as for every other model of the pipeline).
+  round by ``eval_params``), or from a ScaNN index with ``eval.index='scann'``; nothing is
+  masked (history items may be recommended again, as for every other model of the pipeline).
 
 Params: ``{"qformer", "user_head", "item_tower"}``.
 """
