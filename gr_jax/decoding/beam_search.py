@@ -29,7 +29,8 @@ def beam_search(step_fn: Callable, cache: Any, children: jax.Array, batch_size: 
     """Returns (sid_rows ``[B, W]`` int32, -1 for dead beams; scores ``[B, W]``), best first.
 
     ``temperatures`` ``[L, max_prefixes]`` (optional): a beam whose level-``l`` prefix is ``p``
-    decodes from ``softmax(log_probs / temperatures[l, p])`` (PRISM's ATS at decoding). ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
+    decodes from ``softmax(log_probs / temperatures[l, p])`` (PRISM's ATS at decoding).
+    ``unroll=True`` unrolls the depth loop; XLA's cost analysis counts a loop body once, so FLOP
     counts (MFU) are taken from the unrolled program.
     """
     num_levels, _, codebook_size = children.shape
