@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.gumbel_decay_rate = 3e-4  # per optimizer step: tau reaches the floor after ~2,300 steps
     m.straight_through = True  # hard one-hot forward, soft gradient (False: soft mixture of codes)
     m.alignment_weight = 0.1  # alpha: sum_l ||v_l - unit(positive)||^2
+    m.alignment_layers = "every"  # every: all partial states v_1..v_L (the design doc's loss) | last: v_L only
     # beta: code-use load balance (minus the entropy of batch-mean routing). On Scientific the default
     # alpha/beta leave routing layers 2-3 on 1-3 of their 64 codes; beta=1.0 (or alpha=0) uses them all
     # (BENCHMARKS.md, user modeling).

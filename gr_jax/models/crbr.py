@@ -26,7 +26,7 @@ exactly 0), so one scan body serves every layer.
 Losses (pure functions, ``crbr_loss`` sums them): InfoNCE of q against the positive item (user
 → item, in-batch negatives, a negative that is the user's own target masked out); alignment
 ``Σ_l ‖v_l − î⁺‖²`` with ``î⁺`` the L2-normalised positive (the direction q must end on, at the
-scale of a unit query); load balance
+scale of a unit query; ``alignment_layers="last"`` aligns v_L only); load balance
 ``Σ_l Σ_j π̄_lj log π̄_lj``, ``π̄_l`` the batch mean of the noise-free ``softmax(z_l)`` (the
 distribution beam search ranks by): minus the entropy of code use, lowest (``−Σ_l log M_l``)
 when every code is used equally.
@@ -196,8 +196,15 @@ def route_beams(module: CRBR, params: dict, query_states: jax.Array, beam_size: 
     return module.apply({"params": params}, query_states, beam_size, method=CRBR.beam_search)
 
 
-def alignment_loss(states: jax.Array, positives: jax.Array) -> jax.Array:
-    """``Σ_l ‖v_l − î⁺‖²`` over states ``[B, L, E]``, ``î⁺`` the L2-normalised positive ``[B, E]``; batch mean."""
+ALIGNMENT_LAYERS = ("every", "last")
+
+
+def alignment_loss(states: jax.Array, positives: jax.Array, layers: str = "every") -> jax.Array:
+    """``Σ_l ‖v_l − î⁺‖²`` over states ``[B, L, E]``, ``î⁺`` the L2-normalised positive ``[B, E]``; batch
+    mean. ``layers="last"`` aligns only the final state v_L (the partial states are left free)."""
+    if layers not in ALIGNMENT_LAYERS:
+        raise ValueError(f"model.alignment_layers={layers!r}; expected one of {ALIGNMENT_LAYERS}")
+    states = states if layers == "every" else states[:, -1:]
     return jnp.mean(jnp.sum((states - l2_normalize(positives)[:, None]) ** 2, (1, 2)))
 
 
@@ -209,7 +216,8 @@ def load_balance_loss(probs: jax.Array) -> jax.Array:
 
 
 def crbr_loss(outputs: dict, positives: jax.Array, targets: jax.Array, temperature: float = 0.07,
-              alignment_weight: float = 0.1, balance_weight: float = 0.01) -> tuple[jax.Array, dict]:
+              alignment_weight: float = 0.1, balance_weight: float = 0.01,
+              alignment_layers: str = "every") -> tuple[jax.Array, dict]:
     """InfoNCE + α · alignment + β · load balance of ``CRBR.__call__`` outputs, positives ``[B, E]``
     (L2-normalised here) and their item ids ``targets [B]`` (untuned default weights).
 
@@ -218,7 +226,7 @@ def crbr_loss(outputs: dict, positives: jax.Array, targets: jax.Array, temperatu
     no_negatives = positives[:0]
     nce = info_nce_with_negatives(outputs["query"], l2_normalize(positives), no_negatives, targets, targets[:0],
                                   temperature)
-    alignment = alignment_loss(outputs["states"], positives)
+    alignment = alignment_loss(outputs["states"], positives, alignment_layers)
     balance = load_balance_loss(outputs["probs"])
     total = nce + alignment_weight * alignment + balance_weight * balance
     return total, {"info_nce_loss": nce, "alignment_loss": alignment, "load_balance_loss": balance}

@@ -65,7 +65,7 @@ class CRBRRecommender(FeatureTowerBase):
         outputs = self.crbr.apply({"params": params["crbr"]}, states, gumbel_rng, temperature, c.straight_through)
         positives = self.item_vectors(params, batch["target"])
         loss, metrics = crbr_loss(outputs, positives, batch["target"], c.temperature, c.alignment_weight,
-                                  c.balance_weight)
+                                  c.balance_weight, c.alignment_layers)
         metrics = metrics | {"gumbel_temperature": temperature}
         if c.aux_weight <= 0:
             return loss, metrics

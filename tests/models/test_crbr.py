@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from gr_jax.models.crbr import CRBR, crbr_loss, gumbel_softmax, gumbel_temperature, load_balance_loss, route_beams
+from gr_jax.models.crbr import (CRBR, alignment_loss, crbr_loss, gumbel_softmax, gumbel_temperature, load_balance_loss,
+                                route_beams)
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import recall, retrieve
 from gr_jax.tokenizers.health import compute_health
@@ -242,3 +243,12 @@ def test_recommender_anneals_the_gumbel_temperature_with_the_step():
     params = jax.jit(lambda r, b: nn.meta.unbox(model.init(r, b)))(jax.random.PRNGKey(0), batch)
     _, metrics = jax.jit(model.loss)(params, batch, jax.random.PRNGKey(1), 100)
     assert float(metrics["gumbel_temperature"]) == pytest.approx(np.exp(-0.1), rel=1e-5)
+
+
+def test_alignment_of_every_partial_state_or_only_the_last():
+    positive = np.array([[3.0, 4.0]])  # unit: (0.6, 0.8)
+    states = jnp.asarray([[[0.0, 0.0], [0.6, 0.8]]])  # v_1 at the origin, v_2 on the positive
+    assert float(alignment_loss(states, positive, "last")) == pytest.approx(0.0, abs=1e-7)
+    assert float(alignment_loss(states, positive, "every")) == pytest.approx(1.0, rel=1e-6)  # |0 - unit|^2
+    with pytest.raises(ValueError, match="model.alignment_layers"):
+        alignment_loss(states, positive, "first")
