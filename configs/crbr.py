@@ -25,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.alignment_weight = 0.1  # alpha: sum_l ||v_l - unit(positive)||^2
     m.alignment_layers = "every"  # every: all partial states v_1..v_L (the design doc's loss) | last: v_L only
     # beta: code-use load balance (minus the entropy of batch-mean routing). On Scientific the default
-    # alpha/beta leave routing layers 2-3 on 1-3 of their 64 codes; beta=1.0 (or alpha=0) uses them all
-    # (BENCHMARKS.md, user modeling).
+    # alpha/beta leave routing layers 2-3 on 1-3 of their 64 codes; beta=1.0 or alpha=0 uses them all,
+    # alignment_layers=last a third or more (BENCHMARKS.md, user modeling).
     m.balance_weight = 0.01
     m.beam_size = 4  # W routing paths per user at retrieval, merged by max score per item
     if arg == "tiny":
