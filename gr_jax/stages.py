@@ -104,13 +104,18 @@ def _model(ctx: Context):
         ctx.model = registry.build(ctx.config, _dataset(ctx).num_items,
                                    _sid_table(ctx) if name in registry.SID_MODELS else None,
                                    _features(ctx) if name in registry.FEATURE_MODELS else None)
-        if ctx.config.model.get("init_qformer_from"):
-            from gr_jax.models.qformer_pretrain import load_pretrained_qformer
-
-            ctx.model.pretrained_qformer = load_pretrained_qformer(
-                ctx.config.model.init_qformer_from, ctx.config.model, _features(ctx), _dataset(ctx).users)
-            logging.info("Q-Former initialised from the pre-training run %s.", ctx.config.model.init_qformer_from)
     return ctx.model
+
+
+def _load_pretrained_qformer(ctx: Context) -> None:
+    """``model.init_qformer_from``: the Q-Former to start training from (read by the train stage
+    only; eval-only runs restore their own best checkpoint)."""
+    from gr_jax.models.qformer_pretrain import load_pretrained_qformer
+
+    source = ctx.config.model.init_qformer_from
+    ctx.model.pretrained_qformer = load_pretrained_qformer(source, ctx.config.model, _features(ctx),
+                                                           _dataset(ctx).users)
+    logging.info("Q-Former initialised from the pre-training run %s.", source)
 
 
 def run_train(ctx: Context) -> None:
@@ -123,6 +128,8 @@ def run_train(ctx: Context) -> None:
         ctx.fitted = True
         summary = {"model": ctx.config.model.name, "fit_seconds": time.time() - tic}
     else:
+        if ctx.config.model.get("init_qformer_from"):
+            _load_pretrained_qformer(ctx)
         result = trainer.train(ctx.config, os.path.join(ctx.workdir, "train"), model, interactions)
         ctx.params = result.params
         summary = {"model": ctx.config.model.name} | result.summary

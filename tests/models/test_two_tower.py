@@ -109,6 +109,7 @@ def test_fine_tuning_starts_from_the_pretrained_qformer(features_dir, tmp_path):
     shutil.copytree(features_dir, tmp_path / "tune" / "features")
     ctx = fine_tuning()
     model = stages._model(ctx)
+    stages._load_pretrained_qformer(ctx)
     batch = train_dataset(ctx.dataset.users, max_history=ctx.config.data.max_history, global_batch_size=8, seed=0)[0]
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(3), batch))
     jax.tree.map(np.testing.assert_array_equal, params["qformer"], pretrained)
@@ -116,4 +117,6 @@ def test_fine_tuning_starts_from_the_pretrained_qformer(features_dir, tmp_path):
         jax.random.PRNGKey(3), batch))  # same seed, no pre-training: different weights
     assert not np.allclose(fresh["qformer"]["queries"], params["qformer"]["queries"])
     with pytest.raises(ValueError, match=r"model.num_queries \(pre-trained 8, here 4\)"):
-        stages._model(fine_tuning(num_queries=4))
+        bad = fine_tuning(num_queries=4)
+        stages._model(bad)
+        stages._load_pretrained_qformer(bad)
