@@ -31,6 +31,7 @@ from bench.common import emit, load_config  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.data.pipeline import eval_dataset  # noqa: E402
 from gr_jax.evaluation.evaluator import evaluate  # noqa: E402
+from gr_jax.models import registry  # noqa: E402
 from gr_jax.models.crbr import route_beams  # noqa: E402
 from gr_jax.retrieval.exact import exact_topk, topk_recall  # noqa: E402
 from gr_jax.retrieval.multi_query import recall, retrieve  # noqa: E402
@@ -84,12 +85,12 @@ def main():
     args = parser.parse_args()
     config = load_config(args.config)
     config.mesh.data = 1
-    ctx = stages.Context(config=config, workdir=args.workdir)
-    model = stages._model(ctx)
-    interactions = stages._dataset(ctx).users
-    params = trainer.restore_best_params(os.path.join(args.workdir, "train"), model, interactions, config)
+    artifacts = stages.Artifacts(config, args.workdir)
+    interactions = artifacts.dataset.users
+    params = trainer.restore_best_params(os.path.join(args.workdir, "train"), artifacts.model(), interactions, config)
     for beam_size in (int(b) for b in args.beams.split(",")):
-        model.config.beam_size = beam_size
+        config.model.beam_size = beam_size
+        model = registry.build(config, artifacts)
         with trainer.mesh_context(config) as mesh:
             topk = trainer.jit_topk(model, mesh, None, config.eval.list_size)(params)
             metrics = evaluate(topk, interactions, config, model.num_items)

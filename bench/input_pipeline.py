@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
 from gr_jax.data.pipeline import train_dataset  # noqa: E402
-from gr_jax.models import registry  # noqa: E402
+from gr_jax.models.sasrec import SASRecRecommender  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 from gr_jax.training.trainer import TrainState, make_train_step  # noqa: E402
 
@@ -41,7 +41,7 @@ def main():
     batches = [next(iterator) for _ in range(args.batches)]
     pipeline_rate = args.batches * config.train.batch_size / (time.perf_counter() - tic)
 
-    model = registry.build(config, dataset.num_items)
+    model = SASRecRecommender(config.model, dataset.num_items, config.data.max_history)
     optimizer = make_optimizer(config.train, 10_000)
     device_batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches[:args.train_steps]]
     params = model.init(jax.random.PRNGKey(0), device_batches[0])

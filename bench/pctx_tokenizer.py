@@ -25,11 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
 from gr_jax.data.splits import train_event_mask  # noqa: E402
-from gr_jax.features import load_features  # noqa: E402
-from gr_jax.tokenizers import pctx  # noqa: E402
+from gr_jax.stages.features import load_features  # noqa: E402
+from gr_jax.tokenizers import pctx_tokenizer as pctx  # noqa: E402
+from gr_jax.tokenizers.sid_table import SIDTable  # noqa: E402
 
 
-def off_mode_share(table: pctx.PersonalizedSIDs, train: np.ndarray) -> float:
+def off_mode_share(table: SIDTable, train: np.ndarray) -> float:
     """Share of training events tokenized to a SID other than their item's most frequent one."""
     items = table.sid_item[table.event_sid[train]]
     mode = table.item_sids[np.arange(table.num_items), np.argmax(table.item_sid_counts, 1)]

@@ -23,10 +23,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
-from gr_jax.features import load_features  # noqa: E402
+from gr_jax.stages.features import load_features  # noqa: E402
 from gr_jax.tokenizers import health  # noqa: E402
 from gr_jax.tokenizers import prism_quantizer as pq  # noqa: E402
-from gr_jax.tokenizers.stage import fit_prism, fit_tokenizer, input_embeddings, sid_table_from_fit  # noqa: E402
+from gr_jax.stages.tokenize import fit_prism, fit_tokenizer, input_embeddings, sid_table_from_fit  # noqa: E402
 
 VARIANTS = {
     "full": {},

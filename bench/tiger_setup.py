@@ -11,7 +11,7 @@ import numpy as np
 
 from configs import prism as prism_config
 from configs import tiger as tiger_config
-from gr_jax.features import Features
+from gr_jax.stages.features import Features
 from gr_jax.models.prism import PrismRecommender
 from gr_jax.models.tiger import TigerRecommender
 from gr_jax.tokenizers.sid_table import SIDTable
@@ -26,12 +26,13 @@ def random_sid_codes(num_items: int, num_levels: int, codebook_size: int, seed: 
 
 
 def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256,
-          beam_size: int = 20, dropout_impl: str = "hash") -> TigerRecommender:
+          beam_size: int = 20, dropout_impl: str = "hash", unroll_decoding: bool = False) -> TigerRecommender:
     model_cfg = tiger_config.get_config().model
     model_cfg.item_level_history = item_level_history
     model_cfg.dropout_impl = dropout_impl
     model_cfg.beam_size = beam_size
-    return TigerRecommender(model_cfg, random_sid_codes(num_items, num_levels, codebook_size), codebook_size)
+    table = SIDTable(random_sid_codes(num_items, num_levels, codebook_size), (codebook_size,) * num_levels)
+    return TigerRecommender(model_cfg, table, unroll_decoding=unroll_decoding)
 
 
 def build_prism(item_level_history: bool, overrides: dict | None = None, num_items: int = 4344, num_levels: int = 4,

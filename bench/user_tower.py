@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
 from bench.tiger_setup import compiled_flops, timed  # noqa: E402
 from gr_jax.models.layers.t5 import EncoderLayer, RMSNorm  # noqa: E402
-from gr_jax.models.user_tower import QFormer, QFormerUserTower, history_positions, sinusoids, state_output  # noqa: E402
+from gr_jax.models.user_tower import QFormer, QFormerConfig, QFormerUserTower, history_positions, sinusoids  # noqa: E402
 
 
 class FullAttentionEncoder(nn.Module):
@@ -93,7 +93,7 @@ def bench_append(model: QFormerUserTower, params, args) -> dict:
         append_s = min(append_s, (time.perf_counter() - tic) / args.repeats)
     encode = jax.jit(model.encode)
     recompute_s = timed(encode, params, features, mask, repeats=args.repeats)
-    difference = float(jnp.max(jnp.abs(state_output(state) - encode(params, features, mask))))
+    difference = float(jnp.max(jnp.abs(state.output - encode(params, features, mask))))
     append_flops = compiled_flops(append, params, state, features[:, -1])
     name = "append" if model.single_read else f"append_{model.module.history_read}"
     return {"name": name, "history_read": model.module.history_read, "history": n, "appends": appends,
@@ -123,8 +123,8 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     width = dict(embed_dim=args.embed_dim, num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
                  mlp_dim=args.mlp_dim)
-    model = QFormerUserTower(QFormer(num_queries=args.queries, **width))
-    every = QFormerUserTower(QFormer(num_queries=args.queries, history_read="every", **width))
+    model = QFormerUserTower(QFormer(QFormerConfig(num_queries=args.queries, **width)))
+    every = QFormerUserTower(QFormer(QFormerConfig(num_queries=args.queries, history_read="every", **width)))
     full = FullAttentionEncoder(**width)
     features, mask = history(args.batch_size, sizes[0], args.feature_dim)
     sample = {"history_features": features, "history_mask": mask, "target_features": features[:, 0]}

@@ -5,7 +5,7 @@ import dataclasses
 import ml_collections
 
 from gr_jax.tokenizers.health import HealthThresholds
-from gr_jax.tokenizers.pctx import PctxConfig
+from gr_jax.tokenizers.pctx_tokenizer import PctxConfig
 from gr_jax.tokenizers.prism_quantizer import PrismConfig
 from gr_jax.tokenizers.rq_kmeans import RQKMeansConfig
 from gr_jax.tokenizers.rq_vae import RQVAEConfig

@@ -1,1 +1,1 @@
-"""Recommendation models. ``registry.build(config, dataset)`` returns one by ``config.model.name``."""
+"""Recommendation models. ``registry.build(config, artifacts)`` returns one by ``config.model.name``."""

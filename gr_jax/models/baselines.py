@@ -1,13 +1,18 @@
-"""Count-based baselines fitted on the training part of each sequence: popularity and co-occurrence."""
+"""Count-based baselines fitted on the training part of each sequence: popularity and co-occurrence.
+
+Their "params" are the arrays ``fit`` returns (the train stage saves them); ``topk`` ranks on the
+host (NumPy / SciPy).
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import ml_collections
+import numpy as np
 import scipy.sparse as sp
 
 from gr_jax.data.dataset import Interactions
 from gr_jax.data.splits import train_event_mask, train_item_counts
+from gr_jax.models.recommender import FittedRecommender
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -16,35 +21,27 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[..., :k]
 
 
-class Popularity:
+class Popularity(FittedRecommender):
     """Ranks every user's list by training interaction counts."""
-
-    trainable = False
 
     def __init__(self, num_items: int):
         self.num_items = num_items
-        self.counts = np.zeros(num_items)
 
-    def fit(self, interactions: Interactions) -> "Popularity":
-        self.counts = train_item_counts(interactions, self.num_items).astype(np.float64)
-        return self
+    def fit(self, interactions: Interactions) -> dict:
+        return {"counts": train_item_counts(interactions, self.num_items).astype(np.float64)}
 
-    def topk(self, batch: dict, k: int) -> np.ndarray:
-        return np.broadcast_to(_top_k(self.counts, k), (len(batch["target"]), k))
+    def topk(self, params: dict, batch: dict, k: int) -> np.ndarray:
+        return np.broadcast_to(_top_k(params["counts"], k), (len(batch["target"]), k))
 
 
-class CoOccurrence:
+class CoOccurrence(FittedRecommender):
     """Item-to-item transitions: score(j) = sum over the last ``window`` history items i of
     decay^age * count(i -> j within ``horizon`` steps), ties broken by popularity."""
 
-    trainable = False
-
     def __init__(self, num_items: int, window: int = 3, horizon: int = 1, decay: float = 0.5):
         self.num_items, self.window, self.horizon, self.decay = num_items, window, horizon, decay
-        self.transitions = sp.csr_matrix((num_items, num_items))
-        self.popularity = np.zeros(num_items)
 
-    def fit(self, interactions: Interactions) -> "CoOccurrence":
+    def fit(self, interactions: Interactions) -> dict:
         in_train = train_event_mask(interactions)
         user_of = np.repeat(np.arange(len(interactions)), interactions.lengths)
         rows, cols, weights = [], [], []
@@ -55,20 +52,22 @@ class CoOccurrence:
             cols.append(interactions.items[first[ok] + gap])
             weights.append(np.full(ok.sum(), 1.0 / gap))
         rows, cols, weights = (np.concatenate(x) for x in (rows, cols, weights))
-        self.transitions = sp.csr_matrix((weights, (rows.astype(np.int64), cols.astype(np.int64))),
-                                         shape=(self.num_items, self.num_items))
+        transitions = sp.csr_matrix((weights, (rows.astype(np.int64), cols.astype(np.int64))),
+                                    shape=(self.num_items, self.num_items))
         counts = train_item_counts(interactions, self.num_items).astype(np.float64)
-        self.popularity = counts / max(counts.max(), 1.0)
-        return self
+        return {"transition_weights": transitions.data, "transition_items": transitions.indices,
+                "transition_offsets": transitions.indptr, "popularity": counts / max(counts.max(), 1.0)}
 
-    def topk(self, batch: dict, k: int) -> np.ndarray:
+    def topk(self, params: dict, batch: dict, k: int) -> np.ndarray:
         history, mask = batch["history"], batch["history_mask"]
         recent = history[:, -self.window:]
         age_weight = self.decay ** np.arange(self.window)[::-1]  # newest (rightmost) weight 1
         weights = mask[:, -self.window:] * age_weight[None, -recent.shape[1]:]
         selector = sp.csr_matrix((weights.ravel(), (np.repeat(np.arange(len(history)), recent.shape[1]),
                                                      recent.ravel())), shape=(len(history), self.num_items))
-        scores = np.asarray((selector @ self.transitions).todense()) + 1e-6 * self.popularity[None]
+        transitions = sp.csr_matrix((params["transition_weights"], params["transition_items"],
+                                     params["transition_offsets"]), shape=(self.num_items, self.num_items))
+        scores = np.asarray((selector @ transitions).todense()) + 1e-6 * params["popularity"][None]
         return _top_k(scores, k)
 
 

@@ -16,8 +16,9 @@ queries per user, whose index results are merged per item by max score
 - Training: ``π_l = gumbel_softmax(z_l, τ)`` (straight-through: one-hot forward, soft
   gradient), ``v_l = v_{l-1} + π_l C_l``; τ follows ``gumbel_temperature(step)``.
 - Query ``q = v_L / ‖v_L‖``.
-- Inference (``route_beams``): beam search over paths by ``Σ_l log softmax(z_l)`` (no noise),
-  one jitted ``lax.scan`` over layers; width 1 is greedy routing. Per user and layer it costs
+- Inference (``route_beams``): beam search over paths by ``Σ_l log softmax(z_l)`` (no noise) on
+  the shared core (``decoding.beam_search``, unconstrained but for the codebook sizes), one
+  jitted ``lax.scan`` over layers; width 1 is greedy routing. Per user and layer it costs
   ``O(W·(E·D + M·D + (D + 2E)·mlp + max M·E))``, then W index queries.
 
 Codebooks of different sizes are padded to the largest with logits ``NEG_INF`` (probability
@@ -38,13 +39,14 @@ from __future__ import annotations
 
 import functools
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gr_jax.models.layers.t5 import NEG_INF
+from gr_jax.decoding.beam_search import beam_search, free_children
 from gr_jax.models.two_tower import info_nce_with_negatives
-from gr_jax.tokenizers.rq_vae import l2_normalize
+from gr_jax.ops import NEG_INF, l2_normalize
 
 # fan-in scaling per layer of a kernel stacked on a leading layer axis
 layer_dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
@@ -169,25 +171,19 @@ class CRBR(nn.Module):
             raise ValueError(f"beam_size={beam_size} must be in [1, {num_paths}] (the number of routing paths)")
         w = self._weights(query_states)
         batch, num_layers = query_states.shape[0], len(self.codebook_sizes)
-        largest = w["codebooks"].shape[1]
+
+        def step(v, previous, layer):
+            """Adds the code chosen at the previous layer to each beam's state, then routes it."""
+            chosen = w["codebooks"][jnp.maximum(layer - 1, 0)][jnp.maximum(previous, 0)]
+            v = jnp.where(layer == 0, v, v + chosen)
+            return _log_probs(w, query_states, v, layer), v
+
+        # With W <= Π M_l every beam is live after the last layer (layer l has min(W, Π_{j<=l} M_j)
+        # live paths), so no query comes from a dead beam.
         v = jnp.broadcast_to(self.base(query_states)[:, None], (batch, beam_size, self.item_dim))
-        # One live hypothesis to start, so no path is held twice. With W <= Π M_l every beam is
-        # live after the last layer (layer l has min(W, Π_{j<=l} M_j) live paths).
-        scores = jnp.full((batch, beam_size), -jnp.inf).at[:, 0].set(0.0)
-        codes = jnp.zeros((batch, beam_size, num_layers), jnp.int32)
-
-        def layer_step(carry, layer):
-            v, scores, codes = carry
-            candidates = jnp.where(w["valid"][layer], scores[..., None] + _log_probs(w, query_states, v, layer),
-                                   -jnp.inf)
-            scores, flat = jax.lax.top_k(candidates.reshape(batch, -1), beam_size)
-            parents, chosen = flat // largest, (flat % largest).astype(jnp.int32)
-            v = jnp.take_along_axis(v, parents[..., None], 1) + w["codebooks"][layer][chosen]
-            codes = jnp.take_along_axis(codes, parents[..., None], 1).at[:, :, layer].set(chosen)
-            return (v, scores, codes), None
-
-        (v, scores, codes), _ = jax.lax.scan(layer_step, (v, scores, codes), jnp.arange(num_layers))
-        return l2_normalize(v), scores, codes
+        state = beam_search(step, v, free_children(self.codebook_sizes), num_layers, batch, beam_size)
+        v = state.cache + w["codebooks"][num_layers - 1][state.tokens[..., -1]]
+        return l2_normalize(v), state.scores, state.tokens
 
 
 @functools.partial(jax.jit, static_argnames=("module", "beam_size"))

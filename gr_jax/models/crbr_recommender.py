@@ -31,13 +31,11 @@ from gr_jax.models.two_tower import FeatureTowerBase
 
 
 class CRBRRecommender(FeatureTowerBase):
-    """CRBR: ``init``, ``loss``, ``topk``, ``item_embeddings``; ``query_set`` gives the
-    beam-searched queries ``[B, W, E]``."""
+    """CRBR; ``query_set`` gives the beam-searched queries ``[B, W, E]``; the loss follows the
+    optimizer step (Gumbel temperature schedule)."""
 
-    loss_uses_step = True  # the trainer passes ``step=`` for the Gumbel temperature schedule
-
-    def __init__(self, model_config: ml_collections.ConfigDict, features):
-        super().__init__(model_config, features)
+    def __init__(self, model_config: ml_collections.ConfigDict, features, pretrained_qformer: dict | None = None):
+        super().__init__(model_config, features, pretrained_qformer)
         self.crbr = CRBR(codebook_sizes=tuple(model_config.codebook_sizes), embed_dim=model_config.embed_dim,
                          item_dim=model_config.item_dim, mlp_dim=model_config.crbr_mlp_dim)
         num_paths = math.prod(self.crbr.codebook_sizes)

@@ -1,4 +1,4 @@
-"""Pctx's generative recommender: TIGER over personalized SIDs (``gr_jax.tokenizers.pctx``).
+"""Pctx's generative recommender: TIGER over personalized SIDs (``gr_jax.tokenizers.pctx_tokenizer``).
 
 * Inputs: each history event is its own SID (the one its context was tokenized to), keyed by
   the batch's ``history_event``; the target is the target event's SID.
@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gr_jax.models import tiger
 from gr_jax.models.layers.dropout import mix_keys
-
-NEG_INF = -jnp.inf
+from gr_jax.models.tiger import TigerRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
 
 
 def hash_uniform(salt: jax.Array, keys: jax.Array) -> jax.Array:
@@ -55,8 +54,8 @@ def merge_beams(items: jax.Array, scores: jax.Array) -> jax.Array:
     """Per-item logsumexp of the beam ``scores [B, W]`` of ``items [B, W]`` (-1 = none), kept at each
     item's first beam; other beams score -inf."""
     same, first = _item_groups(items)
-    merged = jax.nn.logsumexp(jnp.where(same, scores[:, None, :], NEG_INF), -1)
-    return jnp.where(first, merged, NEG_INF)
+    merged = jax.nn.logsumexp(jnp.where(same, scores[:, None, :], -jnp.inf), -1)
+    return jnp.where(first, merged, -jnp.inf)
 
 
 def fuse_rankings(items: jax.Array, k: int) -> jax.Array:
@@ -67,20 +66,23 @@ def fuse_rankings(items: jax.Array, k: int) -> jax.Array:
     items = items.reshape(batch, -1)
     same, first = _item_groups(items)
     fused = (same * weights[:, None, :]).sum(-1)
-    top, index = jax.lax.top_k(jnp.where(first, fused, NEG_INF), k)
-    return jnp.where(top > NEG_INF, jnp.take_along_axis(items, index, 1), -1)
+    top, index = jax.lax.top_k(jnp.where(first, fused, -jnp.inf), k)
+    return jnp.where(top > -jnp.inf, jnp.take_along_axis(items, index, 1), -1)
 
 
-class PctxRecommender(tiger.TigerRecommender):
-    """Pctx behind the trainer's model interface, over a ``PersonalizedSIDs`` artifact."""
+class PctxRecommender(TigerRecommender):
+    """TIGER's recommender over a personalized ``SIDTable``: SIDs keyed by event, augmented in
+    training, decoded by the copy ensemble."""
 
-    def __init__(self, model_config: ml_collections.ConfigDict, sids):
-        super().__init__(model_config, sids.codes, max(sids.codebook_sizes))
+    def __init__(self, model_config: ml_collections.ConfigDict, sids: SIDTable, unroll_decoding: bool = False):
+        if not sids.personalized:
+            raise ValueError("model 'pctx' needs personalized SIDs: set tokenizer.name='pctx' and run the tokenize "
+                             "stage (configs/pctx.py does both)")
+        super().__init__(model_config, sids, unroll_decoding=unroll_decoding)
         self.event_sid = jnp.asarray(sids.event_sid)
         self.item_sids = jnp.asarray(np.maximum(sids.item_sids, 0))
         counts = sids.item_sid_counts.astype(np.float64)
         self.item_cdf = jnp.asarray(np.cumsum(counts, 1) / counts.sum(1, keepdims=True), jnp.float32)
-        self.trie_item = jnp.asarray(sids.sid_item[self.trie.sid_items[:, 0]])  # trie SID -> item
         self.augment_prob = float(model_config.augment_prob)
         self.num_copies = int(model_config.num_copies)
         self.selection_copies = int(model_config.selection_copies)
@@ -94,28 +96,23 @@ class PctxRecommender(tiger.TigerRecommender):
         drawn = draw_sids(self.item_sids, self.item_cdf, items, u_draw)
         return jnp.where(u_replace < self.augment_prob, drawn, self.event_sid[events])
 
-    def _inputs(self, batch) -> dict:
-        return {"history_codes": self.codes[batch["history_sid"]], "history_mask": batch["history_mask"],
-                "user": batch["user"]}
+    def history_sids(self, batch: dict) -> jax.Array:
+        """The SID rows of a tokenized batch (``augmented`` in training, ``copies`` at inference)."""
+        return batch["history_sid"]
 
-    def _augmented(self, batch: dict, rng: jax.Array) -> dict:
+    def augmented(self, batch: dict, rng: jax.Array) -> dict:
+        """The batch with ``history_sid`` and ``target_sid``: every position, target included,
+        tokenized by the augmentation rule."""
         items = jnp.concatenate([batch["history"], batch["target"][:, None]], 1)
         events = jnp.concatenate([batch["history_event"], batch["target_event"][:, None]], 1)
         u_replace, u_draw = jax.random.uniform(rng, (2,) + items.shape)
         sids = self.tokenize(items, events, u_replace, u_draw)
         return batch | {"history_sid": sids[:, :-1], "target_sid": sids[:, -1]}
 
-    def init(self, rng: jax.Array, batch: dict):
-        batch = self._augmented(batch, rng)
-        return self.module.init(rng, **self._inputs(batch), target_codes=self.codes[batch["target_sid"]])["params"]
-
-    def loss(self, params, batch: dict, rng: jax.Array):
+    def example(self, batch: dict, rng: jax.Array) -> tuple[dict, jax.Array, jax.Array]:
         augment_rng, dropout_rng = jax.random.split(rng)
-        batch = self._augmented(batch, augment_rng)
-        target = self.codes[batch["target_sid"]]
-        logits = self.module.apply({"params": params}, **self._inputs(batch), target_codes=target, train=True,
-                                   rngs={"dropout": dropout_rng})
-        return self.token_nll(logits, target).sum(-1).mean(), {}
+        batch = self.augmented(batch, augment_rng)
+        return self.inputs(batch), self.codes[batch["target_sid"]], dropout_rng
 
     def copies(self, batch: dict, num_copies: int) -> dict:
         """The batch repeated ``num_copies`` times (copy-major), each copy's history tokenized by the
@@ -131,11 +128,12 @@ class PctxRecommender(tiger.TigerRecommender):
     def ensemble_topk(self, params, batch: dict, k: int, num_copies: int) -> jax.Array:
         """Top-``k`` items ``[B, k]`` of the ``num_copies``-copy ensemble (module docstring)."""
         size = batch["history"].shape[0]
-        sids, scores = self.search(params, self.copies(batch, num_copies), max(self.beam_size, k))
-        items = jnp.where(sids >= 0, self.trie_item[jnp.maximum(sids, 0)], -1)
+        state = self.search(params, self.inputs(self.copies(batch, num_copies)), max(self.beam_size, k))
+        sids, scores = state.results()
+        items = jnp.where(sids >= 0, self.leaf_items[jnp.maximum(sids, 0), 0], -1)
         merged = merge_beams(items, scores)
         top, index = jax.lax.top_k(merged, k)
-        ranked = jnp.where(top > NEG_INF, jnp.take_along_axis(items, index, 1), -1)
+        ranked = jnp.where(top > -jnp.inf, jnp.take_along_axis(items, index, 1), -1)
         return fuse_rankings(ranked.reshape(num_copies, size, k).transpose(1, 0, 2), k)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:

@@ -57,9 +57,12 @@ import ml_collections
 import numpy as np
 
 from gr_jax.decoding.trie import Trie
-from gr_jax.models import tiger
 from gr_jax.models.layers.dropout import Dropout, hash_bits
-from gr_jax.tokenizers.rq_vae import l2_normalize
+from gr_jax.models.layers.structs import from_config
+from gr_jax.models.layers.t5 import T5Config
+from gr_jax.models.tiger import Tiger, TigerRecommender, token_nll
+from gr_jax.ops import l2_normalize
+from gr_jax.tokenizers.sid_table import SIDTable
 
 FUSIONS = ("moe", "gate")
 SOURCES = 3  # code embedding, projected text, projected CF
@@ -288,7 +291,7 @@ def prefix_temperatures(trie: Trie, table: np.ndarray) -> np.ndarray:
     return np.take_along_axis(table, trie.num_children(), axis=1)
 
 
-class Prism(tiger.Tiger):
+class Prism(Tiger):
     """``Tiger`` with DSI in the encoder input and an SSA codebook predictor on the decoder."""
 
     dsi: bool = True
@@ -301,22 +304,25 @@ class Prism(tiger.Tiger):
     ssa_levels: int = 0  # levels with an SSA target (0: SSA off)
     ssa_dim: int = 32  # codebook vector size
 
+    def __post_init__(self):
+        if self.dsi_fusion not in FUSIONS:
+            raise ValueError(f"model.dsi_fusion={self.dsi_fusion!r}; expected one of {FUSIONS}")
+        super().__post_init__()
+
     def setup(self):
         super().setup()
+        c = self.config
         if self.dsi:
-            if self.dsi_fusion not in FUSIONS:
-                raise ValueError(f"model.dsi_fusion={self.dsi_fusion!r}; expected one of {FUSIONS}")
-            levels = self.num_levels if self.dsi_depth_specific else 1
-            self.text_projection = DepthProjection(levels, self.embed_dim)
-            self.cf_projection = DepthProjection(levels, self.embed_dim)
+            levels = c.num_levels if self.dsi_depth_specific else 1
+            self.text_projection = DepthProjection(levels, c.embed_dim)
+            self.cf_projection = DepthProjection(levels, c.embed_dim)
             if self.dsi_fusion == "moe":
                 self.fusion = MoEFusion(self.num_experts, self.expert_dim, self.top_k, self.router_noise,
-                                        dropout=self.dropout, dropout_impl=self.dropout_impl)
+                                        dropout=c.dropout, dropout_impl=c.dropout_impl)
             else:
-                self.fusion = GateFusion(self.dropout, self.dropout_impl)
+                self.fusion = GateFusion(c.dropout, c.dropout_impl)
         if self.ssa_levels:
-            self.codebook_predictor = CodebookPredictor(self.ssa_levels, self.ssa_dim, self.dropout,
-                                                        self.dropout_impl)
+            self.codebook_predictor = CodebookPredictor(self.ssa_levels, self.ssa_dim, c.dropout, c.dropout_impl)
 
     def history_token_embeddings(self, history_codes, history_mask, history_features=None, train: bool = False):
         codes = super().history_token_embeddings(history_codes, history_mask, history_features, train)
@@ -331,21 +337,9 @@ class Prism(tiger.Tiger):
             self.sow("intermediates", f"dsi_{name}", value)
         return fused
 
-    def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
-                         history_features=None):
-        """(logits ``[B, L, K]``, SSA predictions ``[B, ssa_levels, ssa_dim]`` or None)."""
-        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
-        states = self.decode_states(encoded, mask, target_codes, train)
-        predictions = self.codebook_predictor(states, train) if self.ssa_levels else None
-        return self.code_logits(states), predictions
-
-
-def build(model: ml_collections.ConfigDict, num_levels: int, codebook_size: int, ssa_levels: int = 0,
-          ssa_dim: int = 32) -> Prism:
-    return Prism(num_levels=num_levels, codebook_size=codebook_size, **tiger.module_kwargs(model), dsi=model.dsi,
-                 dsi_fusion=model.dsi_fusion, dsi_depth_specific=model.dsi_depth_specific,
-                 num_experts=model.num_experts, expert_dim=model.expert_dim, top_k=model.top_k,
-                 router_noise=model.router_noise, ssa_levels=ssa_levels, ssa_dim=ssa_dim)
+    def auxiliary_outputs(self, states, train: bool = False):
+        """SSA predictions ``[B, ssa_levels, ssa_dim]``, or None without SSA."""
+        return self.codebook_predictor(states, train) if self.ssa_levels else None
 
 
 def ssa_codebook_table(codebooks, num_levels: int) -> np.ndarray | None:
@@ -362,16 +356,17 @@ def ssa_codebook_table(codebooks, num_levels: int) -> np.ndarray | None:
     return table
 
 
-class PrismRecommender(tiger.TigerRecommender):
-    """PRISM behind the trainer's model interface.
+class PrismRecommender(TigerRecommender):
+    """PRISM: TIGER's recommender with the ``Prism`` module, item features for DSI, ATS temperatures
+    (training, and decoding with ``model.ats_at_inference``) and the SSA and MoE balance terms.
 
-    ``sid_table``: a ``SIDTable`` (codes; codebooks for SSA). ``text [N, F_t]`` / ``cf [N, F_c]``:
+    ``sid_table``: a static ``SIDTable`` (codes; codebooks for SSA). ``text [N, F_t]`` / ``cf [N, F_c]``:
     item content and collaborative embeddings (needed when ``model.dsi``).
     """
 
-    def __init__(self, model_config: ml_collections.ConfigDict, sid_table, text=None, cf=None):
-        self.config = model_config
-        self.features = {}
+    def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, text=None, cf=None,
+                 unroll_decoding: bool = False):
+        features = {}
         if model_config.dsi:
             for name, value in (("text", text), ("cf", cf)):
                 if value is None:
@@ -379,16 +374,22 @@ class PrismRecommender(tiger.TigerRecommender):
                                      f"(and the features stage) or set model.dsi=False")
                 if len(value) != sid_table.num_items:
                     raise ValueError(f"{len(value)} '{name}' embeddings for {sid_table.num_items} items")
-                self.features[name] = jnp.asarray(value, jnp.float32)
-        self.ssa_codebooks = None
+                features[name] = jnp.asarray(value, jnp.float32)
+        ssa_table = None
         if model_config.ssa:
-            table = ssa_codebook_table(sid_table.codebooks, sid_table.num_levels)
-            if table is None:
+            ssa_table = ssa_codebook_table(sid_table.codebooks, sid_table.num_levels)
+            if ssa_table is None:
                 raise ValueError("model.ssa needs the tokenizer's codebooks, and this SID table has none "
                                  "(e.g. an imported index.json); set model.ssa=False")
-            self.ssa_codebooks = jnp.asarray(table)
-        super().__init__(model_config, sid_table.codes, max(sid_table.codebook_sizes))
-        self.temperatures = None
+        t5 = from_config(T5Config, model_config, num_levels=sid_table.num_levels,
+                         codebook_size=max(sid_table.codebook_sizes))
+        module = from_config(Prism, model_config, config=t5, ssa_levels=0 if ssa_table is None else ssa_table.shape[0],
+                             ssa_dim=32 if ssa_table is None else ssa_table.shape[2])
+        super().__init__(model_config, sid_table, module, unroll_decoding)
+        self.config = model_config
+        self.features = features
+        self.ssa_codebooks = None if ssa_table is None else jnp.asarray(ssa_table)
+        self.temperatures = None  # [N, L] training temperature of each item's levels
         if model_config.ats:
             table = ats_table(self.trie, sid_table.codes, model_config)
             levels = np.arange(sid_table.num_levels)
@@ -396,41 +397,28 @@ class PrismRecommender(tiger.TigerRecommender):
             if model_config.ats_at_inference:
                 self.decode_temperatures = jnp.asarray(prefix_temperatures(self.trie, table))
 
-    def build_module(self, model_config, num_levels, codebook_size) -> Prism:
-        table = self.ssa_codebooks
-        return build(model_config, num_levels, codebook_size, ssa_levels=0 if table is None else table.shape[0],
-                     ssa_dim=32 if table is None else table.shape[2])
-
-    def _inputs(self, batch) -> dict:
-        inputs = super()._inputs(batch)
+    def inputs(self, batch: dict) -> dict:
+        inputs = super().inputs(batch)
         if self.features:
             inputs["history_features"] = {k: v[batch["history"]] for k, v in self.features.items()}
         return inputs
 
-    def init(self, rng: jax.Array, batch: dict):
-        return self.module.init(rng, **self._inputs(batch), target_codes=self.codes[batch["target"]],
-                                method=Prism.training_outputs)["params"]
-
-    def loss(self, params, batch: dict, rng: jax.Array):
+    def objective(self, logits, predictions, intermediates: dict, target, batch: dict) -> tuple[jax.Array, dict]:
+        """The code cross-entropy under the ATS temperatures, plus γ·SSA and the MoE balance loss."""
         cfg = self.config
-        target = self.codes[batch["target"]]
-        (logits, predictions), state = self.module.apply(
-            {"params": params}, **self._inputs(batch), target_codes=target, train=True, rngs={"dropout": rng},
-            mutable=["intermediates"], method=Prism.training_outputs)
         metrics = {}
         if self.temperatures is not None:  # nll_tau1: the plain CE, comparable with TIGER's loss
-            metrics["nll_tau1"] = jax.lax.stop_gradient(self.token_nll(logits, target).sum(-1).mean())
+            metrics["nll_tau1"] = jax.lax.stop_gradient(token_nll(logits, target).sum(-1).mean())
             logits = logits / self.temperatures[batch["target"]][..., None]
-        nll = self.token_nll(logits, target).sum(-1).mean()
+        nll = token_nll(logits, target).sum(-1).mean()
         loss, metrics["nll"] = nll, nll
         if predictions is not None:
             ssa = ssa_loss(predictions, self.ssa_codebooks, target)
             loss, metrics["ssa"] = loss + cfg.ssa_weight * ssa, ssa
-        stats = state.get("intermediates", {})
-        if "dsi_balance" in stats:
-            balance = stats["dsi_balance"][0]
-            usage = stats["dsi_usage"][0]
+        if "dsi_balance" in intermediates:
+            balance = intermediates["dsi_balance"][0]
+            usage = intermediates["dsi_usage"][0]
             loss = loss + cfg.dsi_balance_weight * balance
             metrics |= {"moe_balance": balance, "moe_min_share": usage.min(), "moe_max_share": usage.max(),
-                        "moe_alpha": stats["dsi_alpha"][0]}
+                        "moe_alpha": intermediates["dsi_alpha"][0]}
         return loss, metrics

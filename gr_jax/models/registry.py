@@ -1,48 +1,106 @@
-"""Builds the model named by ``config.model.name``."""
+"""Every model, picked by ``config.model.name``: how it is built from the artifacts of earlier
+stages, and which of them it reads (so a missing one stops the run before anything starts)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import ml_collections
 
-from gr_jax.models import baselines, crbr_recommender, pctx, prism, qformer_pretrain, sasrec, tiger, two_tower
+from gr_jax.models.recommender import Recommender
 
-MODELS = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr")
-SID_MODELS = ("tiger", "prism", "pctx")  # models that generate semantic IDs (need the tokenize stage)
-FEATURE_MODELS = ("prism", "qformer", "two_tower", "crbr")  # models that read item features (need the features stage)
+if TYPE_CHECKING:
+    from gr_jax.stages import Artifacts
 
 
-def build(config: ml_collections.ConfigDict, num_items: int, sid_table=None, features=None):
-    """``features``: a ``gr_jax.features.Features`` (models in ``FEATURE_MODELS``)."""
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    build: Callable[..., Recommender]  # (config, artifacts, pretrained_qformer) -> model
+    reads: Callable[[ml_collections.ConfigDict], tuple[str, ...]]  # artifacts besides the dataset
+
+
+def _baseline(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models import baselines
+
+    return baselines.build(config.model, a.dataset.num_items)
+
+
+def _sasrec(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.sasrec import SASRecRecommender
+
+    return SASRecRecommender(config.model, a.dataset.num_items, config.data.max_history)
+
+
+def _tiger(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.tiger import TigerRecommender
+
+    return TigerRecommender(config.model, a.sid_table)
+
+
+def _prism(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.prism import PrismRecommender
+
+    text = cf = None
+    if config.model.dsi:
+        text, cf = a.features.get("text"), a.features.get("cf")
+    return PrismRecommender(config.model, a.sid_table, text, cf)
+
+
+def _pctx(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.pctx import PctxRecommender
+
+    return PctxRecommender(config.model, a.sid_table)
+
+
+def _qformer(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.qformer_pretrain import QFormerPretrainRecommender
+
+    return QFormerPretrainRecommender(config.model, a.features)
+
+
+def _two_tower(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.two_tower import TwoTowerRecommender
+
+    return TwoTowerRecommender(config.model, a.features, pretrained_qformer)
+
+
+def _crbr(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.crbr_recommender import CRBRRecommender
+
+    return CRBRRecommender(config.model, a.features, pretrained_qformer)
+
+
+def _none(config):
+    return ()
+
+
+MODELS: dict[str, Entry] = {
+    "popularity": Entry(_baseline, _none),
+    "cooccurrence": Entry(_baseline, _none),
+    "sasrec": Entry(_sasrec, _none),
+    "tiger": Entry(_tiger, lambda c: ("sid_table",)),
+    "prism": Entry(_prism, lambda c: ("sid_table", "features") if c.model.dsi else ("sid_table",)),
+    "pctx": Entry(_pctx, lambda c: ("sid_table",)),
+    "qformer": Entry(_qformer, lambda c: ("features",)),
+    "two_tower": Entry(_two_tower, lambda c: ("features",)),
+    "crbr": Entry(_crbr, lambda c: ("features",)),
+}
+
+
+def entry(config: ml_collections.ConfigDict) -> Entry:
     name = config.model.name
-    if name in ("popularity", "cooccurrence"):
-        return baselines.build(config.model, num_items)
-    if name == "sasrec":
-        return sasrec.SASRecRecommender(config.model, num_items, config.data.max_history)
-    if name == "tiger":
-        if sid_table is None:
-            raise ValueError("model 'tiger' needs a SID table: add the tokenize stage to config.stages")
-        return tiger.TigerRecommender(config.model, sid_table.codes, max(sid_table.codebook_sizes))
-    if name == "prism":
-        if sid_table is None:
-            raise ValueError("model 'prism' needs a SID table: add the tokenize stage to config.stages")
-        text = cf = None
-        if config.model.dsi:
-            if features is None:
-                raise ValueError("model 'prism' with model.dsi needs item features: add the features stage to "
-                                 "config.stages (with features.text and features.cf enabled)")
-            text, cf = features.get("text"), features.get("cf")
-        return prism.PrismRecommender(config.model, sid_table, text, cf)
-    if name == "qformer":
-        return qformer_pretrain.QFormerPretrainRecommender(config.model, features)
-    if name == "two_tower":
-        return two_tower.TwoTowerRecommender(config.model, features)
-    if name == "crbr":
-        return crbr_recommender.CRBRRecommender(config.model, features)
-    if name == "pctx":
-        from gr_jax.tokenizers.pctx import PersonalizedSIDs
+    if name not in MODELS:
+        raise ValueError(f"config.model.name={name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name]
 
-        if not isinstance(sid_table, PersonalizedSIDs):
-            raise ValueError("model 'pctx' needs personalized SIDs: set tokenizer.name='pctx' and run the tokenize "
-                             "stage (configs/pctx.py does both)")
-        return pctx.PctxRecommender(config.model, sid_table)
-    raise ValueError(f"config.model.name={name!r}; expected one of {MODELS}")
+
+def build(config: ml_collections.ConfigDict, artifacts: Artifacts, pretrained_qformer: dict | None = None):
+    """The model of ``config.model.name``, built from ``artifacts`` (``gr_jax.stages.Artifacts``)."""
+    return entry(config).build(config, artifacts, pretrained_qformer)
+
+
+def reads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The artifacts besides the dataset that the model is built from."""
+    return entry(config).reads(config)

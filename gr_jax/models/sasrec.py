@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-NEG_INF = -1e9
+from gr_jax.models.layers.structs import from_config
+from gr_jax.models.recommender import TrainableRecommender
+from gr_jax.ops import NEG_INF
 
 
 class SelfAttentionBlock(nn.Module):
@@ -78,12 +80,6 @@ class SASRec(nn.Module):
         return self.item_embed.embedding
 
 
-def build(model_config: ml_collections.ConfigDict, num_items: int, max_len: int) -> SASRec:
-    return SASRec(num_items=num_items, max_len=max_len, embed_dim=model_config.embed_dim,
-                  num_blocks=model_config.num_blocks, num_heads=model_config.num_heads,
-                  mlp_dim=model_config.mlp_dim, dropout=model_config.dropout)
-
-
 def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array,
             kind: str, num_negatives: int) -> jax.Array:
     """Mean next-item loss of user vectors ``[B, D]`` against the item table ``[N, D]``."""
@@ -120,13 +116,11 @@ def contrastive_loss(a: jax.Array, b: jax.Array, targets: jax.Array, temperature
     return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[index, positive])
 
 
-class SASRecRecommender:
-    """SASRec behind the trainer's model interface: ``init``, ``loss``, ``topk``."""
-
-    trainable = True
+class SASRecRecommender(TrainableRecommender):
+    """SASRec (or DuoRec, with ``model.contrastive``); its item table is the collaborative embedding."""
 
     def __init__(self, model_config: ml_collections.ConfigDict, num_items: int, max_len: int):
-        self.module = build(model_config, num_items, max_len)
+        self.module = from_config(SASRec, model_config, num_items=num_items, max_len=max_len)
         self.loss_kind = model_config.loss
         self.num_negatives = model_config.num_negatives
         self.contrastive = model_config.contrastive
@@ -143,7 +137,8 @@ class SASRecRecommender:
         return self.module.apply({"params": params}, history, mask, True, method=SASRec.user_vector,
                                  rngs={"dropout": rng})
 
-    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, params: dict, batch: dict, rng: jax.Array, step=None) -> tuple[jax.Array, dict]:
+        del step
         dropout_rng, negative_rng, view_rng = jax.random.split(rng, 3)
         user = self._user(params, batch["history"], batch["history_mask"], dropout_rng)
         items = params["item_embed"]["embedding"]

@@ -6,6 +6,13 @@ code embeddings). The decoder starts from BOS and predicts code l at position l 
 level's codebook; output logits are tied to the code-token embeddings. Evaluation is
 trie-constrained beam search (``gr_jax.decoding``).
 
+``TigerRecommender`` is also the recommender of the systems built on TIGER's model (PRISM,
+Pctx): one ``init``/``loss``/``topk`` path with four hooks, ``history_sids`` (the SID rows of a
+batch's history; Pctx's are per event), ``inputs`` (module inputs of a batch; PRISM adds item
+features), ``example`` (inputs and target codes of a training batch; Pctx augments SIDs there)
+and ``objective`` (the loss of the module's outputs; PRISM adds ATS, SSA and the MoE balance
+term).
+
 Token ids: 0 PAD, 1 BOS, 2 .. 2+U-1 user buckets, then ``code_offset + l*K + c``.
 """
 
@@ -17,11 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gr_jax.decoding.beam_search import beam_search
-from gr_jax.decoding.trie import Trie, build_trie
+from gr_jax.decoding.beam_search import BeamState, beam_search, trie_children
+from gr_jax.decoding.trie import build_trie
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.dropout import Dropout
-from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, RelativeBias, RMSNorm
+from gr_jax.models.layers.structs import from_config
+from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, KeyValues, RelativeBias, RMSNorm, T5Config
+from gr_jax.models.recommender import TrainableRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
 
 PAD, BOS, USER_OFFSET = 0, 1, 2
 
@@ -33,40 +43,28 @@ def hash_user(user: jax.Array, num_buckets: int) -> jax.Array:
 
 
 class Tiger(nn.Module):
-    num_levels: int
-    codebook_size: int
-    num_user_buckets: int = 2000
-    embed_dim: int = 128
-    num_encoder_layers: int = 4
-    num_decoder_layers: int = 4
-    num_heads: int = 6
-    head_dim: int = 64
-    mlp_dim: int = 1024
-    dropout: float = 0.1
-    dropout_impl: str = "hash"  # hash (fast) | threefry (reference)
-    item_level_history: bool = False
+    config: T5Config
 
     @property
     def code_offset(self) -> int:
-        return USER_OFFSET + self.num_user_buckets
+        return USER_OFFSET + self.config.num_user_buckets
 
     def setup(self):
-        vocab = self.code_offset + self.num_levels * self.codebook_size
-        self.embed = nn.Embed(vocab, self.embed_dim, name="token_embed",
+        c = self.config
+        vocab = self.code_offset + c.num_levels * c.codebook_size
+        self.embed = nn.Embed(vocab, c.embed_dim, name="token_embed",
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")))
-        layer = dict(embed_dim=self.embed_dim, num_heads=self.num_heads, head_dim=self.head_dim,
-                     mlp_dim=self.mlp_dim, dropout=self.dropout, dropout_impl=self.dropout_impl)
-        self.encoder_layers = [EncoderLayer(**layer) for _ in range(self.num_encoder_layers)]
-        self.decoder_layers = [DecoderLayer(**layer) for _ in range(self.num_decoder_layers)]
-        self.encoder_bias = RelativeBias(self.num_heads, bidirectional=True)
-        self.decoder_bias = RelativeBias(self.num_heads, bidirectional=False)
+        self.encoder_layers = [EncoderLayer(c) for _ in range(c.num_encoder_layers)]
+        self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
+        self.encoder_bias = RelativeBias(c.num_heads, bidirectional=True)
+        self.decoder_bias = RelativeBias(c.num_heads, bidirectional=False)
         self.encoder_norm, self.decoder_norm = RMSNorm(), RMSNorm()
-        self.drop = Dropout(self.dropout, self.dropout_impl)
+        self.drop = Dropout(c.dropout, c.dropout_impl)
 
     def code_tokens(self, codes: jax.Array) -> jax.Array:
         """Token ids of ``codes [..., L]``."""
-        return self.code_offset + jnp.arange(self.num_levels) * self.codebook_size + codes
+        return self.code_offset + jnp.arange(self.config.num_levels) * self.config.codebook_size + codes
 
     def history_token_embeddings(self, history_codes, history_mask, history_features=None, train: bool = False):
         """Embedding ``[B, H, L, d]`` of every history code (PAD for padded items).
@@ -80,13 +78,13 @@ class Tiger(nn.Module):
     def encode(self, history_codes, history_mask, user, train: bool = False, history_features=None):
         """Encoder states ``[B, T, d]`` and mask ``[B, T]`` for histories of SID codes ``[B, H, L]``."""
         batch = history_codes.shape[0]
-        user_tokens = hash_user(user, self.num_user_buckets)[:, None]
+        user_tokens = hash_user(user, self.config.num_user_buckets)[:, None]
         codes = self.history_token_embeddings(history_codes, history_mask, history_features, train)
-        if self.item_level_history:
+        if self.config.item_level_history:
             history = codes.sum(-2) * history_mask[..., None]
         else:
             history = codes.reshape(batch, -1, codes.shape[-1])
-            history_mask = jnp.repeat(history_mask, self.num_levels, axis=1)
+            history_mask = jnp.repeat(history_mask, self.config.num_levels, axis=1)
         x = jnp.concatenate([self.embed(user_tokens), history], axis=1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), history_mask], axis=1)
         x = nn.with_logical_constraint(self.drop(x, deterministic=not train), ("batch", "seq", "embed"))
@@ -102,109 +100,129 @@ class Tiger(nn.Module):
         inputs = jnp.concatenate([jnp.full(target_codes.shape[:1] + (1,), BOS),
                                   self.code_tokens(target_codes)[:, :-1]], axis=1)
         x = self.drop(self.embed(inputs), deterministic=not train)
-        positions = jnp.arange(self.num_levels)
+        levels = self.config.num_levels
+        positions = jnp.arange(levels)
         bias = self.decoder_bias(positions, positions)
-        causal = jnp.tril(jnp.ones((self.num_levels, self.num_levels), bool))[None, None]
+        causal = jnp.tril(jnp.ones((levels, levels), bool))[None, None]
         for layer in self.decoder_layers:
             x = layer(x, bias, causal, layer.memory(encoded), mask, train)
         return self.drop(self.decoder_norm(x), deterministic=not train)
 
     def code_table(self):
         """The code-token embeddings ``[L, K, d]`` that output logits are tied to."""
-        return self.embed.embedding[self.code_offset:].reshape(self.num_levels, self.codebook_size, -1)
+        c = self.config
+        return self.embed.embedding[self.code_offset:].reshape(c.num_levels, c.codebook_size, -1)
 
     def code_logits(self, states):
         """Logits ``[B, L, K]`` of decoder states over each level's codes (tied to the code embeddings)."""
-        return jnp.einsum("bld,lkd->blk", states * self.embed_dim ** -0.5, self.code_table())
+        return jnp.einsum("bld,lkd->blk", states * self.config.embed_dim ** -0.5, self.code_table())
 
     def decode(self, encoded, mask, target_codes, train: bool = False):
         """Teacher-forced logits ``[B, L, K]`` for target SIDs ``[B, L]``."""
         return self.code_logits(self.decode_states(encoded, mask, target_codes, train))
 
+    def auxiliary_outputs(self, states, train: bool = False):
+        """Training outputs besides the logits, from the final decoder states (PRISM's SSA predictions)."""
+        del states, train
+
+    def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
+                         history_features=None):
+        """(logits ``[B, L, K]``, ``auxiliary_outputs``) of a teacher-forced batch."""
+        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
+        states = self.decode_states(encoded, mask, target_codes, train)
+        return self.code_logits(states), self.auxiliary_outputs(states, train)
+
     def init_decoding(self, encoded, mask, beam_size: int):
-        """Per-layer cross-attention memory (shared by the beams) and empty self-attention caches."""
-        batch = encoded.shape[0]
-        memories = [layer.memory(encoded) for layer in self.decoder_layers]
-        shape = (batch, beam_size, self.num_levels, self.num_heads, self.head_dim)
-        caches = [(jnp.zeros(shape, encoded.dtype), jnp.zeros(shape, encoded.dtype)) for _ in self.decoder_layers]
+        """Per-layer cross-attention memories (shared by the beams) and empty self-attention caches."""
+        c = self.config
+        memories = tuple(layer.memory(encoded) for layer in self.decoder_layers)
+        shape = (encoded.shape[0], beam_size, c.num_levels, c.num_heads, c.head_dim)
+        caches = tuple(KeyValues(jnp.zeros(shape, encoded.dtype), jnp.zeros(shape, encoded.dtype))
+                       for _ in self.decoder_layers)
         return memories, caches
 
     def decode_step(self, memories, mask, caches, previous_codes, level):
         """Log-probs ``[B, W, K]`` of level ``level``'s code given the previous code (-1 = BOS)."""
-        previous_token = self.code_offset + (level - 1) * self.codebook_size + previous_codes
+        previous_token = self.code_offset + (level - 1) * self.config.codebook_size + previous_codes
         x = self.embed(jnp.where(previous_codes < 0, BOS, previous_token))
-        positions = jnp.arange(self.num_levels)
+        positions = jnp.arange(self.config.num_levels)
         bias = jax.lax.dynamic_index_in_dim(self.decoder_bias(positions, positions), level, axis=2, keepdims=False)
         bias = bias[:, None]  # [1, 1, H, T] against step logits [B, W, H, T]
         new_caches = []
         for layer, memory, cache in zip(self.decoder_layers, memories, caches):
             x, cache = layer.step(x, cache, level, bias, memory, mask)
             new_caches.append(cache)
-        h = self.decoder_norm(x) * self.embed_dim ** -0.5
+        h = self.decoder_norm(x) * self.config.embed_dim ** -0.5
         logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(self.code_table(), level, axis=0))
-        return jax.nn.log_softmax(logits, -1), new_caches
+        return jax.nn.log_softmax(logits, -1), tuple(new_caches)
 
     def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None):
         encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
         return self.decode(encoded, mask, target_codes, train)
 
 
-def module_kwargs(model: ml_collections.ConfigDict) -> dict:
-    """The ``Tiger`` fields set from ``config.model`` (shared by models built on TIGER)."""
-    return dict(num_user_buckets=model.num_user_buckets, embed_dim=model.embed_dim,
-                num_encoder_layers=model.num_encoder_layers, num_decoder_layers=model.num_decoder_layers,
-                num_heads=model.num_heads, head_dim=model.head_dim, mlp_dim=model.mlp_dim, dropout=model.dropout,
-                dropout_impl=model.dropout_impl, item_level_history=model.item_level_history)
+def token_nll(logits, target):
+    """Per-level negative log-likelihood ``[B, L]`` of ``target [B, L]`` under ``logits [B, L, K]``."""
+    return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
 
 
-def build(model: ml_collections.ConfigDict, num_levels: int, codebook_size: int) -> Tiger:
-    return Tiger(num_levels=num_levels, codebook_size=codebook_size, **module_kwargs(model))
+class TigerRecommender(TrainableRecommender):
+    """TIGER over a ``SIDTable``: trained with teacher forcing, ranks by trie-constrained beam search.
 
-
-class TigerRecommender:
-    """TIGER behind the trainer's model interface, over a fixed SID table ``codes [num_items, L]``.
-
-    Subclasses (PRISM) override ``build_module`` and ``_inputs`` (extra module inputs) and ``loss``.
+    ``module``: the ``Tiger`` to train (default: built from ``model_config`` and the table's sizes;
+    PRISM passes its own). ``unroll_decoding``: unroll the beam search's depth loop (only to count
+    FLOPs, see ``beam_search``). ``decode_temperatures`` ``[L, max_prefixes]``: per-prefix decoding
+    temperatures (PRISM's ATS), None for plain decoding.
     """
 
-    trainable = True
-
-    def __init__(self, model_config: ml_collections.ConfigDict, codes: np.ndarray, codebook_size: int):
-        self.codes = jnp.asarray(codes, jnp.int32)
-        self.trie: Trie = build_trie(codes, codebook_size)
-        self.module = self.build_module(model_config, codes.shape[1], codebook_size)
-        self.beam_size = model_config.beam_size
+    def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, module: Tiger | None = None,
+                 unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None):
+        codebook_size = max(sid_table.codebook_sizes)
+        self.module = module or Tiger(from_config(T5Config, model_config, num_levels=sid_table.num_levels,
+                                                  codebook_size=codebook_size))
+        self.codes = jnp.asarray(sid_table.codes, jnp.int32)
+        self.trie = build_trie(sid_table.codes, codebook_size)
         self.children = jnp.asarray(self.trie.children)
-        self.sid_items = jnp.asarray(self.trie.sid_items)
-        self.unroll_decoding = False  # True only to count FLOPs (see beam_search)
-        self.decode_temperatures = None  # [L, max_prefixes] per-prefix decoding temperatures (PRISM ATS)
+        rows = self.trie.sid_items  # trie leaf -> table rows; each row's item
+        self.leaf_items = jnp.asarray(np.where(rows >= 0, sid_table.sid_item[rows.clip(0)], -1))
+        self.beam_size = model_config.beam_size
+        self.unroll_decoding = unroll_decoding
+        self.decode_temperatures = decode_temperatures
 
-    def build_module(self, model_config: ml_collections.ConfigDict, num_levels: int, codebook_size: int) -> Tiger:
-        return build(model_config, num_levels, codebook_size)
+    def history_sids(self, batch: dict) -> jax.Array:
+        """SID rows ``[B, H]`` of the batch's history (a static table's row is the item)."""
+        return batch["history"]
 
-    def _inputs(self, batch) -> dict:
-        """Keyword inputs of ``Tiger.encode`` / ``__call__`` for a batch (besides targets and ``train``)."""
-        return {"history_codes": self.codes[batch["history"]], "history_mask": batch["history_mask"],
+    def inputs(self, batch: dict) -> dict:
+        """Keyword inputs of ``Tiger.encode`` for a batch."""
+        return {"history_codes": self.codes[self.history_sids(batch)], "history_mask": batch["history_mask"],
                 "user": batch["user"]}
 
+    def example(self, batch: dict, rng: jax.Array) -> tuple[dict, jax.Array, jax.Array]:
+        """(module inputs, target codes ``[B, L]``, dropout rng) of a training batch."""
+        return self.inputs(batch), self.codes[batch["target"]], rng
+
     def init(self, rng: jax.Array, batch: dict):
-        return self.module.init(rng, **self._inputs(batch), target_codes=self.codes[batch["target"]])["params"]
+        inputs, target, _ = self.example(batch, rng)
+        return self.module.init(rng, **inputs, target_codes=target, method=Tiger.training_outputs)["params"]
 
-    @staticmethod
-    def token_nll(logits, target):
-        """Per-level negative log-likelihood ``[B, L]`` of ``target [B, L]`` under ``logits [B, L, K]``."""
-        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
+    def objective(self, logits, auxiliary, intermediates: dict, target, batch: dict) -> tuple[jax.Array, dict]:
+        """(loss, metrics) of the teacher-forced outputs: the summed code cross-entropy."""
+        del auxiliary, intermediates, batch
+        return token_nll(logits, target).sum(-1).mean(), {}
 
-    def loss(self, params, batch: dict, rng: jax.Array):
-        target = self.codes[batch["target"]]
-        logits = self.module.apply({"params": params}, **self._inputs(batch), target_codes=target, train=True,
-                                   rngs={"dropout": rng})
-        return self.token_nll(logits, target).sum(-1).mean(), {}
+    def loss(self, params, batch: dict, rng: jax.Array, step=None):
+        del step
+        inputs, target, dropout_rng = self.example(batch, rng)
+        (logits, auxiliary), state = self.module.apply(
+            {"params": params}, **inputs, target_codes=target, train=True, rngs={"dropout": dropout_rng},
+            mutable=["intermediates"], method=Tiger.training_outputs)
+        return self.objective(logits, auxiliary, state.get("intermediates", {}), target, batch)
 
     def sequence_log_probs(self, params, batch: dict, codes: jax.Array) -> jax.Array:
         """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference),
         under the decoding temperatures when they are set, as the beam search scores them."""
-        logits = self.module.apply({"params": params}, **self._inputs(batch), target_codes=codes)
+        logits = self.module.apply({"params": params}, **self.inputs(batch), target_codes=codes)
         if self.decode_temperatures is not None:
             prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
             for level in range(codes.shape[1]):
@@ -214,18 +232,19 @@ class TigerRecommender:
         log_probs = jax.nn.log_softmax(logits, -1)
         return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0].sum(-1)
 
-    def search(self, params, batch: dict, beam_size: int):
-        """Beam search: (SID rows ``[B, W]``, scores ``[B, W]``), best first."""
+    def search(self, params, inputs: dict, beam_size: int) -> BeamState:
+        """Trie-constrained beam search over the SID table from module ``inputs``; ``.results()`` gives
+        (SID rows ``[B, W]``, scores ``[B, W]``), best first."""
         variables = {"params": params}
-        encoded, mask = self.module.apply(variables, **self._inputs(batch), method=Tiger.encode)
+        encoded, mask = self.module.apply(variables, **inputs, method=Tiger.encode)
         memories, caches = self.module.apply(variables, encoded, mask, beam_size, method=Tiger.init_decoding)
 
         def step(caches, previous, level):
             return self.module.apply(variables, memories, mask, caches, previous, level, method=Tiger.decode_step)
 
-        return beam_search(step, caches, self.children, encoded.shape[0], beam_size, self.unroll_decoding,
-                           self.decode_temperatures)
+        return beam_search(step, caches, trie_children(self.children), self.trie.num_levels, encoded.shape[0],
+                           beam_size, self.decode_temperatures, self.unroll_decoding)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:
-        sids, scores = self.search(params, batch, max(self.beam_size, k))
-        return expand_sid_ranking(sids, self.sid_items, k)
+        sids, _ = self.search(params, self.inputs(batch), max(self.beam_size, k)).results()
+        return expand_sid_ranking(sids, self.leaf_items, k)

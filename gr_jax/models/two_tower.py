@@ -32,12 +32,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gr_jax.models.layers.t5 import NEG_INF
+from gr_jax.models.layers.structs import from_config
+from gr_jax.models.recommender import IndexRetriever
 from gr_jax.models.sasrec import SelfAttentionBlock
-from gr_jax.models.user_tower import QFormer, QFormerUserTower
+from gr_jax.models.user_tower import QFormer, QFormerConfig, QFormerUserTower
+from gr_jax.ops import NEG_INF, l2_normalize
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import retrieve
-from gr_jax.tokenizers.rq_vae import l2_normalize
 
 FEATURE_SOURCES = ("text", "cf")
 
@@ -59,14 +60,6 @@ def item_feature_table(model_config: ml_collections.ConfigDict, features) -> np.
     return np.concatenate(tables, -1)
 
 
-def build_qformer(model_config: ml_collections.ConfigDict) -> QFormer:
-    return QFormer(num_queries=model_config.num_queries, embed_dim=model_config.embed_dim,
-                   num_layers=model_config.num_layers, num_heads=model_config.num_heads,
-                   head_dim=model_config.head_dim, mlp_dim=model_config.mlp_dim,
-                   recency_scale=model_config.recency_scale, dropout=model_config.dropout,
-                   history_read=model_config.history_read)
-
-
 class ItemTower(nn.Module):
     """Frozen item features ``[..., F]`` -> unit item vectors ``[..., out_dim]``: input LayerNorm,
     ``num_layers`` GELU hidden layers of ``hidden_dim``, a linear output."""
@@ -81,11 +74,6 @@ class ItemTower(nn.Module):
         for i in range(self.num_layers):
             x = nn.gelu(nn.Dense(self.hidden_dim, name=f"hidden_{i}")(x))
         return l2_normalize(nn.Dense(self.out_dim, name="out")(x))
-
-
-def build_item_tower(model_config: ml_collections.ConfigDict) -> ItemTower:
-    return ItemTower(out_dim=model_config.item_dim, hidden_dim=model_config.item_hidden_dim,
-                     num_layers=model_config.item_num_layers)
 
 
 class SetPoolingHead(nn.Module):
@@ -138,19 +126,17 @@ def with_values(boxed: dict, values: dict) -> dict:
     return jax.tree.map(replace, boxed, values, is_leaf=is_box)
 
 
-class QFormerBase:
+class QFormerBase(IndexRetriever):
     """Shared by every model on the Q-Former user tower (pre-training, two-tower, CRBR): the
     frozen feature table, the Q-Former with its pre-training losses, the catalogue cache and
     retrieval. Subclasses define ``item_embeddings(params) -> [N, E]`` (the searched vectors) and
     ``query_set(params, batch) -> [B, P, E]`` (each user's queries, merged by max score)."""
 
-    trainable = True
-
     def __init__(self, model_config: ml_collections.ConfigDict, features):
         self.config = model_config
         self.features = jnp.asarray(item_feature_table(model_config, features))
         self.num_items = self.features.shape[0]
-        self.qformer = build_qformer(model_config)
+        self.qformer = QFormer(from_config(QFormerConfig, model_config))
         self.qformer_tower = QFormerUserTower(self.qformer, temperature=model_config.aux_temperature,
                                               mask_ratio=model_config.aux_mask_ratio,
                                               reconstruction_weight=model_config.aux_reconstruction_weight,
@@ -187,14 +173,14 @@ class FeatureTowerBase(QFormerBase):
     """Shared by the two-tower and CRBR recommenders: ``QFormerBase`` plus the trainable item
     tower and the Q-Former's pre-training losses as an optional auxiliary.
 
-    ``pretrained_qformer``: Q-Former params to start from instead of a random init (set by the
-    train stage from ``model.init_qformer_from``; ``qformer_pretrain.load_pretrained_qformer``)."""
+    ``pretrained_qformer``: Q-Former params to start from instead of a random init (the train
+    stage reads them from ``model.init_qformer_from``)."""
 
-    pretrained_qformer: dict | None = None
-
-    def __init__(self, model_config: ml_collections.ConfigDict, features):
+    def __init__(self, model_config: ml_collections.ConfigDict, features, pretrained_qformer: dict | None = None):
         super().__init__(model_config, features)
-        self.item_tower = build_item_tower(model_config)
+        self.pretrained_qformer = pretrained_qformer
+        self.item_tower = ItemTower(out_dim=model_config.item_dim, hidden_dim=model_config.item_hidden_dim,
+                                    num_layers=model_config.item_num_layers)
 
     def init_towers(self, rng: jax.Array, batch: dict) -> dict:
         q_rng, i_rng = jax.random.split(rng)
@@ -218,11 +204,10 @@ class FeatureTowerBase(QFormerBase):
 
 
 class TwoTowerRecommender(FeatureTowerBase):
-    """Two towers behind the trainer's model interface (``init``, ``loss``, ``topk``,
-    ``item_embeddings``); ``user_vectors`` gives the unit user vectors ``[B, E]``."""
+    """Two towers; ``user_vectors`` gives the unit user vectors ``[B, E]``."""
 
-    def __init__(self, model_config: ml_collections.ConfigDict, features):
-        super().__init__(model_config, features)
+    def __init__(self, model_config: ml_collections.ConfigDict, features, pretrained_qformer: dict | None = None):
+        super().__init__(model_config, features, pretrained_qformer)
         self.head = SetPoolingHead(num_heads=model_config.set_num_heads, mlp_dim=model_config.set_mlp_dim,
                                    out_dim=model_config.item_dim)
 
@@ -244,7 +229,8 @@ class TwoTowerRecommender(FeatureTowerBase):
         """One query per user, ``[B, 1, E]``."""
         return self.user_vectors(params, batch)[:, None]
 
-    def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, params: dict, batch: dict, rng: jax.Array, step=None) -> tuple[jax.Array, dict]:
+        del step
         dropout_rng, negative_rng, aux_rng = jax.random.split(rng, 3)
         users = self._users(params, batch, dropout_rng)
         targets = batch["target"]

@@ -36,7 +36,7 @@ Pre-training losses (``QFormerUserTower.loss``; each term a pure function below)
 reconstruction (a light decoder regresses the frozen features of hidden history items from
 the query states) and query orthogonality.
 
-Incremental inference (``init_state`` / ``append`` / ``state_output``); the output equals a
+Incremental inference (``init_state`` / ``append``; the state's ``output``); the output equals a
 full recompute to float rounding in both modes.
 
 - ``"first"``: the read's queries are fixed, so the state is the read's online-softmax
@@ -56,16 +56,63 @@ Logical axes: ``batch``, ``seq`` (queries), ``embed``, ``heads``, ``kv``, ``mlp`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gr_jax.models.layers.t5 import NEG_INF, CrossAttention, FeedForward, RMSNorm, SelfAttention, proj
-from gr_jax.tokenizers.rq_vae import l2_normalize
+from gr_jax.models.layers.structs import LayerConfig
+from gr_jax.models.layers.t5 import CrossAttention, FeedForward, KeyValues, RMSNorm, SelfAttention, proj
+from gr_jax.ops import NEG_INF, l2_normalize
 
 HISTORY_READS = ("first", "every")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QFormerConfig(LayerConfig):
+    """The Q-Former's struct, passed to every block."""
+
+    num_queries: int = 32  # M learnable queries
+    embed_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 16
+    mlp_dim: int = 256
+    dropout: float = 0.0
+    recency_scale: float = 64.0  # positions per unit of a recency slope
+    history_read: str = "first"  # "first": block 0 reads the history, O(M) appends; "every": every block, O(N)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.history_read not in HISTORY_READS:
+            raise ValueError(f"model.history_read={self.history_read!r}; expected one of {HISTORY_READS}")
+
+
+@flax.struct.dataclass
+class OnlineReadState:
+    """Incremental state of ``history_read="first"``: block 0's read as online-softmax accumulators."""
+
+    max: jax.Array  # [B, H, M] running max of the read logits
+    denominator: jax.Array  # [B, H, M] sum of exp(logit - max)
+    numerator: jax.Array  # [B, H, M, Dh] sum of exp(logit - max) * value
+    length: jax.Array  # [B] history length (the next item's position)
+    output: jax.Array  # [B, M, D] the query states
+
+
+@flax.struct.dataclass
+class CachedReadState:
+    """Incremental state of ``history_read="every"``: every reading block's keys and values of the
+    history in fixed-capacity buffers ``[B, C, H, Dh]``."""
+
+    memories: tuple[KeyValues, ...]
+    mask: jax.Array  # [B, C] slot holds an item
+    positions: jax.Array  # [B, C] each slot's history position
+    length: jax.Array  # [B] history length (the next item's position)
+    size: jax.Array  # () slots written (shared by the batch)
+    output: jax.Array  # [B, M, D] the query states
 
 
 def history_positions(mask: jax.Array) -> jax.Array:
@@ -111,29 +158,21 @@ class QFormerBlock(nn.Module):
     """Query self-attention, cross-attention into the history with a recency bias (if
     ``reads_history``), feed-forward."""
 
-    num_queries: int
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    mlp_dim: int
-    recency_scale: float
-    dropout: float
-    dropout_impl: str = "hash"
+    config: QFormerConfig
     reads_history: bool = True
 
     def setup(self):
-        attention = dict(embed_dim=self.embed_dim, num_heads=self.num_heads, head_dim=self.head_dim,
-                         dropout=self.dropout, dropout_impl=self.dropout_impl)
+        c = self.config
         self.self_norm, self.mlp_norm = RMSNorm(), RMSNorm()
-        self.self_attention = SelfAttention(**attention)
-        self.mlp = FeedForward(self.mlp_dim, self.dropout, self.dropout_impl)
+        self.self_attention = SelfAttention(c)
+        self.mlp = FeedForward(c)
         if self.reads_history:
             self.cross_norm = RMSNorm()
-            self.cross_attention = BiasedCrossAttention(**attention)
+            self.cross_attention = BiasedCrossAttention(c)
             self.recency = self.param("recency", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", None)),
-                                      (self.num_heads, self.num_queries))
+                                      (c.num_heads, c.num_queries))
 
-    def memory(self, items):
+    def memory(self, items) -> KeyValues:
         """Cross-attention keys and values ``[B, N, H, Dh]`` of the history items."""
         return self.cross_attention.memory(items)
 
@@ -147,7 +186,7 @@ class QFormerBlock(nn.Module):
 
     def logits(self, q, k, positions):
         """``read_logits`` with this block's slopes: ``[B, H, M, S]``."""
-        return read_logits(q, k, self.recency, positions, self.recency_scale)
+        return read_logits(q, k, self.recency, positions, self.config.recency_scale)
 
     def finish(self, x, read, train: bool):
         """Adds the read ``[B, M, H, Dh]`` (None: a query-only block) and the feed-forward."""
@@ -163,24 +202,22 @@ class QFormerBlock(nn.Module):
         """The block after ``attend_queries``: cross-attention (if ``reads_history``) and feed-forward."""
         read = None
         if self.reads_history:
-            k, v = memory
             valid = memory_mask[:, None, None, :]
-            logits = jnp.where(valid, self.logits(self.read_queries(x), k, positions), NEG_INF)
-            read = jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", jax.nn.softmax(logits, -1), heads_first(v)), 1, 2)
+            logits = jnp.where(valid, self.logits(self.read_queries(x), memory.key, positions), NEG_INF)
+            weights = jax.nn.softmax(logits, -1)
+            read = jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(memory.value)), 1, 2)
         return self.finish(x, read, train)
 
 
 class ReconstructionDecoder(nn.Module):
-    """One cross-attention layer from position embeddings into the query states, then a linear map
-    to the item-feature space."""
+    """One cross-attention layer (no dropout) from position embeddings into the query states, then a
+    linear map to the item-feature space."""
 
-    embed_dim: int
-    num_heads: int
-    head_dim: int
+    config: QFormerConfig
 
     @nn.compact
     def __call__(self, x, query_states, feature_dim: int):
-        attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, dropout=0.0)
+        attention = CrossAttention(self.config.replace(dropout=0.0))
         all_queries = jnp.ones(query_states.shape[:2], bool)
         x = x + attention(RMSNorm()(x), attention.memory(query_states), all_queries, False)
         return proj(feature_dim, -1, ("embed", None), "Dense_0")(RMSNorm()(x))  # nn.Dense's old name
@@ -189,40 +226,25 @@ class ReconstructionDecoder(nn.Module):
 class QFormer(nn.Module):
     """``__call__(item_features [B, N, F], mask [B, N]) -> [B, M, D]`` query states."""
 
-    num_queries: int = 32
-    embed_dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int = 16
-    mlp_dim: int = 256
-    recency_scale: float = 64.0  # positions per unit of a recency slope
-    dropout: float = 0.0
-    dropout_impl: str = "hash"
-    history_read: str = "first"  # "first": block 0 reads the history, O(M) appends; "every": every block, O(N)
-
-    def __post_init__(self):
-        if self.history_read not in HISTORY_READS:
-            raise ValueError(f"history_read={self.history_read!r}; expected one of {HISTORY_READS}")
-        super().__post_init__()
+    config: QFormerConfig = QFormerConfig()
 
     def setup(self):
+        c = self.config
         self.queries = self.param("queries", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
-                                  (self.num_queries, self.embed_dim))
-        self.item_proj = proj(self.embed_dim, -1, (None, "embed"), "item_proj")
-        self.position_proj = proj(self.embed_dim, -1, (None, "embed"), "position_proj")
+                                  (c.num_queries, c.embed_dim))
+        self.item_proj = proj(c.embed_dim, -1, (None, "embed"), "item_proj")
+        self.position_proj = proj(c.embed_dim, -1, (None, "embed"), "position_proj")
         self.input_norm, self.output_norm = RMSNorm(), RMSNorm()
-        self.blocks = [QFormerBlock(self.num_queries, self.embed_dim, self.num_heads, self.head_dim, self.mlp_dim,
-                                    self.recency_scale, self.dropout, self.dropout_impl,
-                                    reads_history=self.history_read == "every" or i == 0)
-                       for i in range(self.num_layers)]
-        self.decoder = ReconstructionDecoder(self.embed_dim, self.num_heads, self.head_dim)
+        self.blocks = [QFormerBlock(c, reads_history=c.history_read == "every" or i == 0)
+                       for i in range(c.num_layers)]
+        self.decoder = ReconstructionDecoder(c)
 
     def embed_items(self, item_features):
         """Learned projection of frozen item features ``[..., F] -> [..., D]`` (the ITC item side)."""
         return self.item_proj(item_features)
 
     def embed_positions(self, positions):
-        return self.position_proj(sinusoids(positions, self.embed_dim))
+        return self.position_proj(sinusoids(positions, self.config.embed_dim))
 
     def memories(self, item_features, mask, positions):
         """Per reading block cross-attention (keys, values) ``[B, N, H, Dh]`` of the history; zero
@@ -262,8 +284,8 @@ class QFormer(nn.Module):
 
     def _read_start(self, batch_size: int):
         """Block 0's residual stream before the read ``[B, M, D]`` and its queries ``[B, M, H, Dh]``."""
-        if self.history_read != "first":
-            raise ValueError(f"the online read needs history_read='first', not {self.history_read!r}")
+        if self.config.history_read != "first":
+            raise ValueError(f"the online read needs history_read='first', not {self.config.history_read!r}")
         x = self.attended_queries(batch_size)
         return x, self.blocks[0].read_queries(x)
 
@@ -271,25 +293,25 @@ class QFormer(nn.Module):
         """Block 0's read of the history as (running max ``[B, H, M]``, denominator ``[B, H, M]``,
         numerator ``[B, H, M, Dh]``), all-padded rows giving (NEG_INF, 0, 0), and the query states
         ``[B, M, D]`` they give."""
-        (k, v), = self.memories(item_features, mask, positions)
+        (memory,) = self.memories(item_features, mask, positions)
         x, q = self._read_start(mask.shape[0])
         valid = mask[:, None, None, :]
-        logits = jnp.where(valid, self.blocks[0].logits(q, k, positions), NEG_INF)
+        logits = jnp.where(valid, self.blocks[0].logits(q, memory.key, positions), NEG_INF)
         top = logits.max(-1)
         weights = jnp.where(valid, jnp.exp(logits - top[..., None]), 0.0)
-        denominator, numerator = weights.sum(-1), jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(v))
+        denominator, numerator = weights.sum(-1), jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(memory.value))
         return (top, denominator, numerator), self._from_read(x, denominator, numerator)
 
     def read_append(self, top, denominator, numerator, item_feature, position):
         """The accumulators after one more item ``[B, F]`` at ``position [B]`` (online softmax) and
         the query states ``[B, M, D]`` they give."""
         new = jnp.ones(position.shape + (1,), bool)
-        (k, v), = self.memories(item_feature[:, None], new, position[:, None])
+        (memory,) = self.memories(item_feature[:, None], new, position[:, None])
         x, q = self._read_start(position.shape[0])
-        logit = self.blocks[0].logits(q, k, position[:, None])[..., 0]  # [B, H, M]
+        logit = self.blocks[0].logits(q, memory.key, position[:, None])[..., 0]  # [B, H, M]
         new_top = jnp.maximum(top, logit)
         rescale, weight = jnp.exp(top - new_top), jnp.exp(logit - new_top)
-        numerator = numerator * rescale[..., None] + weight[..., None] * heads_first(v)  # v: [B, H, 1, Dh]
+        numerator = numerator * rescale[..., None] + weight[..., None] * heads_first(memory.value)  # [B, H, 1, Dh]
         denominator = denominator * rescale + weight
         return (new_top, denominator, numerator), self._from_read(x, denominator, numerator)
 
@@ -369,11 +391,6 @@ def mask_history(rng: jax.Array, mask: jax.Array, ratio: float):
     return hidden, slots, valid
 
 
-def state_output(state: dict) -> jax.Array:
-    """Query states ``[B, M, D]`` of an incremental state (equal to a full recompute)."""
-    return state["output"]
-
-
 class QFormerUserTower:
     """A ``QFormer`` with its pre-training loss and incremental inference.
 
@@ -394,7 +411,7 @@ class QFormerUserTower:
     @property
     def single_read(self) -> bool:
         """Whether only block 0 reads the history (O(M) appends, no key/value cache)."""
-        return self.module.history_read == "first"
+        return self.module.config.history_read == "first"
 
     def init(self, rng: jax.Array, batch: dict) -> dict:
         """All parameters (encoder and reconstruction decoder)."""
@@ -421,19 +438,19 @@ class QFormerUserTower:
         total = itc + self.reconstruction_weight * reconstruction + self.orthogonality_weight * orthogonality
         return total, {"itc_loss": itc, "reconstruction_loss": reconstruction, "orthogonality_loss": orthogonality}
 
-    def _with_output(self, params: dict, state: dict) -> dict:
-        """``"every"``: the state with the query states of its key/value cache."""
-        output = self.module.apply({"params": params}, state["memories"], state["mask"], state["positions"],
-                                   method=QFormer.from_memories)
-        return dict(state, output=output)
+    def _cached_state(self, params: dict, memories, mask, positions, length, size) -> CachedReadState:
+        """``"every"``: the state of a key/value cache, with the query states it gives."""
+        output = self.module.apply({"params": params}, memories, mask, positions, method=QFormer.from_memories)
+        return CachedReadState(memories=memories, mask=mask, positions=positions, length=length, size=size,
+                               output=output)
 
-    def init_state(self, params: dict, item_features: jax.Array, mask: jax.Array, capacity: int | None = None) -> dict:
-        """Incremental state of histories ``[B, N, F]``.
+    def init_state(self, params: dict, item_features: jax.Array, mask: jax.Array,
+                   capacity: int | None = None) -> OnlineReadState | CachedReadState:
+        """Incremental state of histories ``[B, N, F]``; ``.output`` holds the query states.
 
-        ``"first"``: the read accumulators ``max``, ``denominator`` ``[B, H, M]`` and ``numerator``
-        ``[B, H, M, Dh]`` and ``length`` ``[B]``, built in one pass over the history; no buffer,
-        so ``capacity`` is unused and appends are unlimited.
-        ``"every"``: key/value buffers with room for ``capacity`` items (default 2N; static under
+        ``"first"``: an ``OnlineReadState`` built in one pass over the history; no buffer, so
+        ``capacity`` is unused and appends are unlimited.
+        ``"every"``: a ``CachedReadState`` with room for ``capacity`` items (default 2N; static under
         jit). Appends read all ``capacity`` slots, so size it to N + expected appends.
         """
         positions = history_positions(mask)
@@ -441,35 +458,35 @@ class QFormerUserTower:
         if self.single_read:
             (top, denominator, numerator), output = self.module.apply(
                 {"params": params}, item_features, mask, positions, method=QFormer.read_accumulators)
-            return {"max": top, "denominator": denominator, "numerator": numerator, "length": length,
-                    "output": output}
+            return OnlineReadState(max=top, denominator=denominator, numerator=numerator, length=length,
+                                   output=output)
         size = mask.shape[1]
         capacity = 2 * size if capacity is None else capacity
         if capacity < size:
             raise ValueError(f"capacity={capacity} is smaller than the history length {size}")
         memories = self.module.apply({"params": params}, item_features, mask, positions, method=QFormer.memories)
         pad = [(0, 0), (0, capacity - size)]
-        state = {"memories": jax.tree.map(lambda t: jnp.pad(t, pad + [(0, 0)] * (t.ndim - 2)), memories),
-                 "mask": jnp.pad(mask, pad), "positions": jnp.pad(positions, pad),
-                 "length": length, "size": jnp.asarray(size, jnp.int32)}
-        return self._with_output(params, state)
+        memories = jax.tree.map(lambda t: jnp.pad(t, pad + [(0, 0)] * (t.ndim - 2)), memories)
+        return self._cached_state(params, memories, jnp.pad(mask, pad), jnp.pad(positions, pad), length,
+                                  jnp.asarray(size, jnp.int32))
 
-    def append(self, params: dict, state: dict, new_item_feature: jax.Array) -> dict:
+    def append(self, params: dict, state: OnlineReadState | CachedReadState,
+               new_item_feature: jax.Array) -> OnlineReadState | CachedReadState:
         """The state after appending one item ``[B, F]`` to every history (jittable).
 
         ``"first"``: O(M) work, independent of the history length; never full.
-        ``"every"``: under jit the caller keeps ``state["size"]`` below the capacity (a full
-        buffer clamps the write onto its last slot); eagerly, overflowing raises.
+        ``"every"``: under jit the caller keeps ``state.size`` below the capacity (a full buffer
+        clamps the write onto its last slot); eagerly, overflowing raises.
         """
-        position = state["length"]
+        position = state.length
         if self.single_read:
             (top, denominator, numerator), output = self.module.apply(
-                {"params": params}, state["max"], state["denominator"], state["numerator"], new_item_feature,
+                {"params": params}, state.max, state.denominator, state.numerator, new_item_feature,
                 position, method=QFormer.read_append)
-            return {"max": top, "denominator": denominator, "numerator": numerator, "length": position + 1,
-                    "output": output}
-        size = state["size"]
-        capacity = state["mask"].shape[1]
+            return OnlineReadState(max=top, denominator=denominator, numerator=numerator, length=position + 1,
+                                   output=output)
+        size = state.size
+        capacity = state.mask.shape[1]
         if not isinstance(size, jax.core.Tracer) and int(size) >= capacity:
             raise ValueError(f"the state is full ({capacity} items); init_state with a larger capacity")
         new_mask = jnp.ones((position.shape[0], 1), bool)
@@ -479,6 +496,5 @@ class QFormerUserTower:
         def write(buffer, value):
             return jax.lax.dynamic_update_slice_in_dim(buffer, value.astype(buffer.dtype), size, axis=1)
 
-        state = {"memories": jax.tree.map(write, state["memories"], new), "mask": write(state["mask"], new_mask),
-                 "positions": write(state["positions"], position[:, None]), "length": position + 1, "size": size + 1}
-        return self._with_output(params, state)
+        return self._cached_state(params, jax.tree.map(write, state.memories, new), write(state.mask, new_mask),
+                                  write(state.positions, position[:, None]), position + 1, size + 1)

@@ -17,14 +17,16 @@ from typing import Callable
 import jax
 import numpy as np
 
+from gr_jax.models.recommender import IndexRetriever, Recommender
 from gr_jax.retrieval.multi_query import retrieve
 from gr_jax.retrieval.scann_index import ScannConfig, build_index
 
 
-def scann_topk(model, params, config: ScannConfig, k: int, save_dir: str | None = None) -> Callable[[dict], np.ndarray]:
+def scann_topk(model: Recommender, params, config: ScannConfig, k: int,
+               save_dir: str | None = None) -> Callable[[dict], np.ndarray]:
     """``batch -> [B, k]`` item ids served from a ScaNN index of ``model.item_embeddings(params)``,
     saved to ``save_dir`` when given."""
-    if not hasattr(model, "query_set"):
+    if not isinstance(model, IndexRetriever):
         raise ValueError(f"eval.index='scann' serves models with a query set (qformer, two_tower, crbr); "
                          f"{type(model).__name__} has none: use eval.index='exact'")
     tic = time.time()

@@ -27,13 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gr_jax.ops import l2_normalize
+
 _EPS = 1e-12
 _HIGHEST = lax.Precision.HIGHEST
-
-
-def normalize_rows(x: jax.Array) -> jax.Array:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _EPS)
 
 
 def squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
@@ -98,7 +95,7 @@ def _update(x: jax.Array, assignment: jax.Array, point_cost: jax.Array, k: int, 
     counts = jnp.zeros(k, jnp.int32).at[assignment].add(1)
     means = jax.ops.segment_sum(x, assignment, k) / jnp.maximum(counts, 1)[:, None].astype(x.dtype)
     if spherical:
-        means = normalize_rows(means)
+        means = l2_normalize(means)
     empty = counts == 0
     farthest = lax.top_k(point_cost, k)[1]
     reseed = x[farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)]]
@@ -138,7 +135,7 @@ def kmeans(x, k: int, *, num_iters: int = 50, seed: int = 0, balanced: bool = Fa
         raise ValueError(f"kmeans needs at least k={k} points, got {x.shape[0]}; use a smaller "
                          f"codebook size or more items")
     if spherical:
-        x = normalize_rows(x)
+        x = l2_normalize(x)
     return _fit(x, jax.random.key(seed), jnp.int32(num_iters), k=k, balanced=balanced, spherical=spherical)
 
 
@@ -147,5 +144,5 @@ def nearest_centroid(x, centroids, *, spherical: bool = False) -> jax.Array:
     """Index ``[N]`` of each point's nearest centroid (highest cosine when ``spherical``)."""
     x = jnp.asarray(x, jnp.float32)
     if spherical:
-        x = normalize_rows(x)
+        x = l2_normalize(x)
     return jnp.argmin(squared_distances(x, centroids), axis=1).astype(jnp.int32)

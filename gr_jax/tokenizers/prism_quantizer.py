@@ -84,6 +84,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr_jax.ops import l2_normalize
 from gr_jax.tokenizers import rq_vae
 
 _EPS = 1e-6
@@ -328,8 +329,8 @@ class PrismQuantizer(nn.Module):
         text, cf_raw = x[:, :self.text_dim], x[:, self.text_dim:]
         if x.shape[1] != self.text_dim + self.cf_dim:
             raise ValueError(f"x has {x.shape[1]} columns; expected text {self.text_dim} + cf {self.cf_dim}")
-        text_in = rq_vae.l2_normalize(text) if c.normalize_input else text
-        cf_in = rq_vae.l2_normalize(cf_raw) if c.normalize_input else cf_raw
+        text_in = l2_normalize(text) if c.normalize_input else text
+        cf_in = l2_normalize(cf_raw) if c.normalize_input else cf_raw
         if not c.acd:
             return {"fused": jnp.concatenate([text_in, cf_in], -1), "gate": jnp.ones_like(cf_in),
                     "text_target": text_in, "cf_target": cf_in}

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gr_jax.tokenizers.health import HealthReport, compute_health
-from gr_jax.tokenizers.kmeans import kmeans, nearest_centroid, normalize_rows, squared_distances
+from gr_jax.ops import l2_normalize
+from gr_jax.tokenizers.kmeans import kmeans, nearest_centroid, squared_distances
 from gr_jax.tokenizers.sid_table import SIDTable
 
 RESIDUALS = ("euclidean", "tangent")
@@ -61,7 +62,7 @@ def _residual_update(r: np.ndarray, centroid: np.ndarray, tangent: bool) -> tupl
 def _prepare(x, normalize: bool) -> np.ndarray:
     """Inputs as float32, L2-normalized per row when ``normalize``."""
     x = jnp.asarray(x, jnp.float32)
-    return np.asarray(normalize_rows(x) if normalize else x)
+    return np.asarray(l2_normalize(x) if normalize else x)
 
 
 def _energy(r: np.ndarray) -> float:
@@ -122,7 +123,7 @@ class RQResult:
         """
         r = jnp.asarray(self.residuals(x, self.codes)[-2])
         if self.config.tangent:
-            r = normalize_rows(r)
+            r = l2_normalize(r)
         return np.asarray(squared_distances(r, jnp.asarray(self.codebooks[-1])))
 
     def health(self) -> HealthReport:

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gr_jax.ops import l2_normalize
+
 Params = Any
 Outputs = dict[str, jax.Array]
 ExtraLossFn = Callable[[Params, Mapping[str, jax.Array], Outputs], tuple[jax.Array, dict[str, jax.Array]]]
@@ -185,10 +187,6 @@ class RQVAE(nn.Module):
         quant_loss = out["level_losses"].sum()
         return out | {"recon": recon, "recon_loss": recon_loss, "quant_loss": quant_loss,
                       "loss": recon_loss + quant_loss}
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def reconstruction_loss(target: jax.Array, recon: jax.Array, kind: str) -> jax.Array:

@@ -7,6 +7,12 @@ import os
 import orbax.checkpoint as ocp
 
 
+def has_best_checkpoint(directory: str) -> bool:
+    """Whether ``DIR/best`` (``Checkpoints``' layout) holds a finished checkpoint."""
+    best = os.path.join(directory, "best")
+    return os.path.isdir(best) and any(name.isdigit() for name in os.listdir(best))
+
+
 class Checkpoints:
     """Two Orbax managers under ``DIR``: ``latest/`` (resume) and ``best/`` (highest ``metric``)."""
 

@@ -29,6 +29,7 @@ import optax
 from gr_jax.data.dataset import Interactions
 from gr_jax.data.pipeline import num_train_examples, train_dataset
 from gr_jax.evaluation.evaluator import evaluate_split
+from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.training import sharding
 from gr_jax.training.checkpoint import Checkpoints
 from gr_jax.training.metric_writer import MetricWriter
@@ -50,16 +51,12 @@ class NonFiniteError(FloatingPointError):
     """Loss or gradients became NaN/Inf."""
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation):
-    """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag.
-
-    A model whose loss follows a schedule (e.g. CRBR's Gumbel temperature) sets
-    ``loss_uses_step = True``; its ``loss`` then also receives ``step=`` (the optimizer step, traced)."""
-    uses_step = getattr(model, "loss_uses_step", False)
+def make_train_step(model: TrainableRecommender, optimizer: optax.GradientTransformation):
+    """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag."""
 
     def step(state: TrainState, batch: dict):
         rng, step_rng = jax.random.split(state.rng)
-        loss_fn = functools.partial(model.loss, step=state.step) if uses_step else model.loss
+        loss_fn = functools.partial(model.loss, step=state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -79,7 +76,7 @@ def mesh_context(config: ml_collections.ConfigDict):
         yield mesh
 
 
-def create_state(model, optimizer, config, mesh, example: dict, seed: int):
+def create_state(model: TrainableRecommender, optimizer, config, mesh, example: dict, seed: int):
     """A train state created directly in its mesh sharding; returns (state, state_shardings)."""
     rules = sharding.logical_rules(config)
 
@@ -95,29 +92,25 @@ def create_state(model, optimizer, config, mesh, example: dict, seed: int):
     return state, shardings
 
 
-def jit_train_step(model, optimizer, mesh, state_shardings):
+def jit_train_step(model: TrainableRecommender, optimizer, mesh, state_shardings):
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(make_train_step(model, optimizer), donate_argnums=0,
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, replicated))
 
 
-def jit_topk(model, mesh, params_shardings, k: int, selection: bool = False):
+def jit_topk(model: TrainableRecommender, mesh, params_shardings, k: int, selection: bool = False):
     """``params -> (local batch -> [local B, k])`` numpy top-k items; the global batch is split along ``data``.
 
     Call it once per evaluation round with the round's params, then rank every batch with the
-    returned function. When the model defines ``eval_params(params) -> params`` (e.g. the
-    two-tower and CRBR models add the catalogue's item vectors), it runs once here, jitted, and
-    ``topk`` receives its output instead of ``params``; without the hook ``topk`` gets ``params``.
+    returned function. ``model.eval_params`` runs once here, jitted, and ``topk`` receives its output
+    (the two-tower and CRBR models add the catalogue's item vectors).
 
-    ``selection``: the ranking used to pick checkpoints, ``model.selection_topk`` when the model has
-    a cheaper one for that (Pctx: fewer inference copies), else ``model.topk``."""
-    method = getattr(model, "selection_topk", model.topk) if selection else model.topk
-    hook = getattr(model, "eval_params", None)
-    prepare = (lambda p: p) if hook is None else jax.jit(hook, in_shardings=(params_shardings,))
-    # The hook's outputs stay where it placed them: their tree is not the params' one.
-    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(params_shardings if hook is None else None,
-                                                               sharding.batch_sharding(mesh)))
+    ``selection``: rank with ``model.selection_topk`` (what picks checkpoints) instead of ``model.topk``."""
+    method = model.selection_topk if selection else model.topk
+    prepare = jax.jit(model.eval_params, in_shardings=(params_shardings,))
+    # The prepared params stay where eval_params placed them: their tree need not be the params' one.
+    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(None, sharding.batch_sharding(mesh)))
 
     def for_params(params):
         prepared = prepare(params)
@@ -175,7 +168,8 @@ class _Progress:
         self.tic, self.tic_step = time.time(), step
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: Interactions) -> TrainResult:
+def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecommender,
+          interactions: Interactions) -> TrainResult:
     """Trains ``model`` on the training split; returns the params with the best validation NDCG@10."""
     train_cfg = config.train
     steps_per_epoch = num_train_examples(interactions) // train_cfg.batch_size
@@ -186,7 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
     eval_every = max(1, int(train_cfg.eval_every_epochs * steps_per_epoch))
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=train_cfg.batch_size, seed=config.seed,
-                         with_partner=getattr(model, "needs_partner", False))
+                         with_partner=model.needs_partner)
     iterator = iter(data.to_iter_dataset())
     optimizer = make_optimizer(train_cfg, total_steps)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
@@ -252,7 +246,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model, interactions: 
     return TrainResult(params=best_params if best_params is not None else state.params, summary=summary)
 
 
-def restore_best_params(workdir: str, model, interactions: Interactions, config: ml_collections.ConfigDict):
+def restore_best_params(workdir: str, model: TrainableRecommender, interactions: Interactions,
+                        config: ml_collections.ConfigDict):
     """Best params of a finished run in ``workdir`` (for an eval-only invocation)."""
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=config.train.batch_size, seed=config.seed)

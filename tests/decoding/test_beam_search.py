@@ -7,10 +7,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiger as tiger_config
-from gr_jax.decoding.beam_search import beam_search
-from gr_jax.evaluation.metrics import expand_sid_ranking
+from gr_jax.decoding.beam_search import beam_search, trie_children
 from gr_jax.decoding.trie import build_trie
+from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.tiger import TigerRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
 from gr_jax.training import sharding
 
 K = 4
@@ -20,7 +21,7 @@ def tiger(codes, beam_size):
     config = tiger_config.model_config()
     config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
                   head_dim=8, mlp_dim=32, dropout=0.0, beam_size=beam_size)
-    return TigerRecommender(config, codes, K)
+    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
 
 
 def catalog(seed=0, n=30):
@@ -48,7 +49,7 @@ def test_beam_search_equals_exhaustive_scoring_of_every_valid_sid():
     model = tiger(codes, beam_size=len(codes))
     b = batch(len(codes))
     params = model.init(jax.random.PRNGKey(0), b)
-    sids, scores = jax.jit(lambda p, x: model.search(p, x, len(codes)))(params, b)
+    sids, scores = jax.jit(lambda p, x: model.search(p, model.inputs(x), len(codes)).results())(params, b)
     num_sids = len(model.trie.sid_items)
     for row in range(len(b["user"])):
         reference = exhaustive(model, params, b, row)
@@ -68,7 +69,8 @@ def test_narrow_beams_return_only_valid_distinct_sids_even_when_invalid_codes_sc
         logits = jnp.zeros((2, 5, K)).at[..., 2:].set(10.0)
         return jax.nn.log_softmax(logits + jax.random.normal(jax.random.PRNGKey(level), (2, 5, K))), cache
 
-    sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((2, 5)), jnp.asarray(trie.children), 2, 5))()
+    children = trie_children(jnp.asarray(trie.children))
+    sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((2, 5)), children, trie.num_levels, 2, 5).results())()
     sids = np.asarray(sids)
     assert np.all(sids >= 0) and np.all(np.isfinite(scores))
     valid_sids = {tuple(c) for c in codes}
@@ -116,9 +118,9 @@ def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
     def step(cache, previous, level):
         return jax.nn.log_softmax(jnp.asarray(logits)[level][previous + 1], -1), cache
 
-    width = len(codes)
-    sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), jnp.asarray(trie.children), 1, width,
-                                               temperatures=jnp.asarray(per_prefix)))()
+    width, constraint = len(codes), trie_children(jnp.asarray(trie.children))
+    sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), constraint, num_levels, 1, width,
+                                               temperatures=jnp.asarray(per_prefix)).results())()
     reference = {}
     for sid_row, items in enumerate(trie.sid_items):
         path, prefix, previous, total = codes[items[0]], 0, -1, 0.0
@@ -132,5 +134,5 @@ def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
     assert set(got) == set(reference)
     for sid_row, value in reference.items():
         assert abs(got[sid_row] - value) < 1e-4
-    plain = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), jnp.asarray(trie.children), 1, width))()[1]
+    plain = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), constraint, num_levels, 1, width).results())()[1]
     assert not np.allclose(np.sort(np.asarray(plain[0])), np.sort(np.asarray(scores[0])))  # tau mattered

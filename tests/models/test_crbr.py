@@ -229,7 +229,7 @@ def test_training_reduces_the_losses():
 
 def test_recommender_anneals_the_gumbel_temperature_with_the_step():
     from configs import crbr as crbr_config
-    from gr_jax.features import Features
+    from gr_jax.stages.features import Features
     from gr_jax.models.crbr_recommender import CRBRRecommender
 
     config = crbr_config.get_config("tiny").model

@@ -13,11 +13,11 @@ from configs import crbr as crbr_config
 from configs import qformer as qformer_config
 from configs import two_tower as two_tower_config
 from gr_jax import stages
-from gr_jax.features import Features
+from gr_jax.stages.features import Features
 from gr_jax.models import crbr_recommender, qformer_pretrain, two_tower
 from gr_jax.models.crbr import CRBR
 from gr_jax.retrieval.exact import exact_topk
-from gr_jax.tokenizers.rq_vae import l2_normalize
+from gr_jax.ops import l2_normalize
 
 # On this data (100 items, k = 10) chance is 0.1 and popularity reaches recall@10 0.29 (valid) / 0.35
 # (test). After 10 epochs (seed 0) two_tower reaches 0.59 / 0.61 and crbr 0.55 / 0.51; training
@@ -48,8 +48,8 @@ def test_tiny_pipeline_trains_and_beats_chance(module, model_class, features_dir
     config.train.eval_every_epochs = EPOCHS  # one validation round
     config.mesh.data = 1  # one device: the run is compile-bound
     shutil.copytree(features_dir, tmp_path / "features")
-    ctx = stages.run(config, str(tmp_path))
-    assert isinstance(ctx.model, model_class)
+    artifacts = stages.run(config, str(tmp_path))
+    assert isinstance(artifacts.model(), model_class)
     metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
     for split in ("valid", "test"):
         assert {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr"} <= set(metrics[split])
@@ -104,19 +104,18 @@ def test_fine_tuning_starts_from_the_pretrained_qformer(features_dir, tmp_path):
     def fine_tuning(**model_overrides):
         config = two_tower_config.get_config("tiny")
         config.model.update(init_qformer_from=str(tmp_path / "pre"), **model_overrides)
-        return stages.Context(config=config, workdir=str(tmp_path / "tune"))
+        return stages.Artifacts(config, str(tmp_path / "tune"))
 
     shutil.copytree(features_dir, tmp_path / "tune" / "features")
-    ctx = fine_tuning()
-    model = stages._model(ctx)
-    stages._load_pretrained_qformer(ctx)
-    batch = train_dataset(ctx.dataset.users, max_history=ctx.config.data.max_history, global_batch_size=8, seed=0)[0]
+    shutil.copytree(tmp_path / "pre" / "data", tmp_path / "tune" / "data")
+    artifacts = fine_tuning()
+    model = artifacts.model(pretrained_qformer=stages.load_pretrained_qformer(artifacts))
+    batch = train_dataset(artifacts.dataset.users, max_history=artifacts.config.data.max_history,
+                          global_batch_size=8, seed=0)[0]
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(3), batch))
     jax.tree.map(np.testing.assert_array_equal, params["qformer"], pretrained)
-    fresh = nn.meta.unbox(two_tower.TwoTowerRecommender(ctx.config.model, ctx.features).init(
+    fresh = nn.meta.unbox(two_tower.TwoTowerRecommender(artifacts.config.model, artifacts.features).init(
         jax.random.PRNGKey(3), batch))  # same seed, no pre-training: different weights
     assert not np.allclose(fresh["qformer"]["queries"], params["qformer"]["queries"])
     with pytest.raises(ValueError, match=r"model.num_queries \(pre-trained 8, here 4\)"):
-        bad = fine_tuning(num_queries=4)
-        stages._model(bad)
-        stages._load_pretrained_qformer(bad)
+        stages.load_pretrained_qformer(fine_tuning(num_queries=4))

@@ -2,6 +2,7 @@
 reads; the single read's state does not grow with N), the pre-training losses (orthogonality,
 training reduces them) and long histories."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -11,15 +12,15 @@ import numpy as np
 import optax
 import pytest
 
-from gr_jax.models.user_tower import (QFormer, QFormerUserTower, mask_history, orthogonality_loss,
-                                      state_output)
+from gr_jax.models.user_tower import (CachedReadState, QFormer, QFormerConfig, QFormerUserTower, mask_history,
+                                      orthogonality_loss)
 
 FEATURES = 12
 
 
 def tower(**kwargs):
-    module = QFormer(**dict(dict(num_queries=4, embed_dim=16, num_layers=2, num_heads=2, head_dim=8, mlp_dim=32),
-                            **kwargs))
+    module = QFormer(QFormerConfig(**dict(dict(num_queries=4, embed_dim=16, num_layers=2, num_heads=2, head_dim=8,
+                                               mlp_dim=32), **kwargs)))
     return QFormerUserTower(module)
 
 
@@ -91,27 +92,27 @@ def test_append_equals_full_recompute(history_read):
     init_state = jax.jit(model.init_state, static_argnames="capacity")
     state = init_state(params, b["history_features"], b["history_mask"], capacity=16)
     encode = jax.jit(model.encode)
-    np.testing.assert_allclose(state_output(state), encode(params, b["history_features"], b["history_mask"]),
+    np.testing.assert_allclose(state.output, encode(params, b["history_features"], b["history_mask"]),
                                atol=1e-5)
     append = jax.jit(model.append)
     for i in range(len(new)):
         state = append(params, state, new[i])
     features = jnp.concatenate([b["history_features"], jnp.swapaxes(new, 0, 1)], axis=1)
     mask = jnp.concatenate([b["history_mask"], jnp.ones((4, len(new)), bool)], axis=1)
-    np.testing.assert_allclose(state_output(state), encode(params, features, mask), atol=1e-5)
-    assert state["length"].tolist() == mask.sum(1).tolist()
+    np.testing.assert_allclose(state.output, encode(params, features, mask), atol=1e-5)
+    assert state.length.tolist() == mask.sum(1).tolist()
     if history_read == "every":
-        assert int(state["size"]) == 15
+        assert int(state.size) == 15
 
 
 def test_append_onto_an_empty_history_equals_full_recompute():
     model, b, params = default_setup()
     empty = jnp.zeros_like(b["history_mask"])
     state = jax.jit(model.init_state)(params, b["history_features"], empty)
-    np.testing.assert_allclose(state_output(state), jax.jit(model.encode)(params, b["history_features"], empty),
+    np.testing.assert_allclose(state.output, jax.jit(model.encode)(params, b["history_features"], empty),
                                atol=1e-6)
     state = jax.jit(model.append)(params, state, b["target_features"])
-    np.testing.assert_allclose(state_output(state), model.encode(params, b["target_features"][:, None],
+    np.testing.assert_allclose(state.output, model.encode(params, b["target_features"][:, None],
                                                                  jnp.ones((4, 1), bool)), atol=1e-5)
 
 
@@ -128,13 +129,14 @@ def test_single_read_state_does_not_grow_with_the_history():
         for leaf in jax.tree.leaves(state):
             assert not {length, length + 1, 3 * length} & set(leaf.shape), (length, leaf.shape)
     assert shapes[10] == shapes[40]
-    assert set(shapes[10]) == {"max", "denominator", "numerator", "length", "output"}
+    assert {f.name for f in dataclasses.fields(shapes[10])} == {"max", "denominator", "numerator", "length", "output"}
 
 
 def test_capacity_errors():
     model = tower(history_read="every")
     b = batch()
-    state = {"size": jnp.int32(10), "length": jnp.zeros(4, jnp.int32), "mask": b["history_mask"]}
+    state = CachedReadState(memories=(), mask=b["history_mask"], positions=b["history_mask"], size=jnp.int32(10),
+                            length=jnp.zeros(4, jnp.int32), output=None)
     with pytest.raises(ValueError, match="full"):
         model.append({}, state, b["target_features"])
     with pytest.raises(ValueError, match="capacity"):

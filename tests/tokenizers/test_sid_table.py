@@ -1,4 +1,4 @@
-"""Tests for SIDTable: save/load, index.json round trip, validation, lookups."""
+"""SIDTable, static and personalized: save/load (and format version 1), index.json round trip, validation."""
 
 import json
 
@@ -41,18 +41,50 @@ def test_index_json_round_trip(tmp_path):
 
 def test_validate_catches_bad_codes_and_item_count():
     table = SIDTable(CODES, (3, 3, 2))
-    with pytest.raises(DataError, match=r"SID level 1: item 0 has code 3, outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"SID level 1: SID row 0 has code 3, outside \[0, 3\)"):
         table.validate(4)
-    with pytest.raises(DataError, match="4 items but the item table has 5"):
+    with pytest.raises(DataError, match="covers 4 items but the item table has 5"):
         SIDTable(CODES, (3, 4, 2)).validate(5)
     SIDTable(CODES, (3, 4, 2)).validate(4)
     with pytest.raises(DataError, match="2 codebook sizes for 3 SID levels"):
         SIDTable(CODES, (3, 4))
 
 
-def test_lookups():
-    table = SIDTable(CODES, (3, 4, 2))
-    assert table.num_unique == 3
-    assert table.sid_to_items() == {(0, 3, 1): [0, 2], (2, 0, 1): [1], (1, 1, 0): [3]}
-    np.testing.assert_array_equal(table.prefix_ids(1), [0, 2, 0, 1])
-    np.testing.assert_array_equal(table.prefix_ids(0), [0, 0, 0, 0])
+def personalized():
+    """Item 0 has SIDs 0 and 1 (3 and 1 training events), item 1 SID 2; five events."""
+    return SIDTable(np.array([[0, 0], [0, 1], [1, 0]]), (2, 2), sid_item=[0, 0, 1], event_sid=[0, 0, 1, 0, 2],
+                    sid_counts=[3, 1, 1])
+
+
+def test_derived_views_of_a_personalized_table():
+    table = personalized()
+    assert table.personalized and table.num_items == 2 and table.num_sids == 3 and table.num_unique == 3
+    np.testing.assert_array_equal(table.sids_per_item(), [2, 1])
+    np.testing.assert_array_equal(table.item_sids, [[0, 1], [2, -1]])
+    np.testing.assert_array_equal(table.item_sid_counts, [[3, 1], [1, 0]])
+    table.validate(2, 5)
+    with pytest.raises(DataError, match="covers 5 events but the dataset has 6"):
+        table.validate(2, 6)
+    static = SIDTable(CODES, (3, 4, 2))
+    assert not static.personalized and static.num_unique == 3
+    np.testing.assert_array_equal(static.item_sids[:, 0], [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="personalized"):
+        table.to_index_json("unused.json", ["a", "b"])
+
+
+def test_personalized_round_trip_and_format_version_1(tmp_path):
+    table = personalized()
+    table.save(str(tmp_path / "v2"))
+    loaded = SIDTable.load(str(tmp_path / "v2"))
+    for name in ("codes", "sid_item", "event_sid", "sid_counts"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(table, name))
+    # Format version 1 kept Pctx tables in pctx_sids.{npz,json} with per-item count lists.
+    legacy = tmp_path / "v1"
+    legacy.mkdir()
+    np.savez_compressed(legacy / "pctx_sids.npz", codes=table.codes, sid_item=table.sid_item,
+                        event_sid=table.event_sid, item_sids=table.item_sids, item_sid_counts=table.item_sid_counts)
+    (legacy / "pctx_sids.json").write_text(json.dumps({"format_version": 1, "codebook_sizes": [2, 2],
+                                                      "num_codebooks": 0, "meta": {}}))
+    old = SIDTable.load(str(legacy))
+    np.testing.assert_array_equal(old.sid_counts, table.sid_counts)
+    np.testing.assert_array_equal(old.event_sid, table.event_sid)

@@ -15,7 +15,9 @@ from configs import sasrec
 from configs import tiger as tiger_config
 from gr_jax.data.pipeline import train_dataset
 from gr_jax.data.synthetic import SyntheticConfig, generate
+from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.models.tiger import TigerRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
 from gr_jax.training import sharding, trainer
 from gr_jax.training.optim import make_optimizer
 
@@ -28,7 +30,7 @@ def tiger_losses(mesh_shape, steps=20):
     model_cfg = tiger_config.model_config()
     model_cfg.update(num_user_buckets=50, embed_dim=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=4,
                      head_dim=8, mlp_dim=64, dropout=0.1, beam_size=4)
-    model = TigerRecommender(model_cfg, codes, 16)
+    model = TigerRecommender(model_cfg, SIDTable(codes, (16,) * 4))
     config = sasrec.get_config("tiny")
     config.mesh.data, config.mesh.model = mesh_shape
     optimizer = make_optimizer(config.train, steps)
@@ -92,10 +94,8 @@ def test_killed_run_resumes_from_the_last_checkpoint_with_the_same_batches(tmp_p
     assert json.load(open(resumed / "train" / "summary.json"))["final_step"] == 600
 
 
-class _AlwaysNaN:
+class _AlwaysNaN(TrainableRecommender):
     """Wraps a model so that its loss is NaN."""
-
-    trainable = True
 
     def __init__(self, model):
         self.model = model
@@ -103,8 +103,8 @@ class _AlwaysNaN:
     def init(self, rng, batch):
         return self.model.init(rng, batch)
 
-    def loss(self, params, batch, rng):
-        loss, aux = self.model.loss(params, batch, rng)
+    def loss(self, params, batch, rng, step):
+        loss, aux = self.model.loss(params, batch, rng, step)
         poison = jax.numpy.where(jax.random.uniform(rng) < 2.0, jax.numpy.nan, 0.0)  # always NaN
         return loss + poison, aux
 
@@ -116,11 +116,11 @@ def test_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
     from gr_jax import stages
 
     config = sasrec.get_config("tiny")
-    ctx = stages.Context(config=config, workdir=str(tmp_path))
-    stages.run_data(ctx)
-    model = _AlwaysNaN(stages._model(ctx))
+    artifacts = stages.Artifacts(config, str(tmp_path))
+    stages.run_data(artifacts)
+    model = _AlwaysNaN(artifacts.model())
     with pytest.raises(trainer.NonFiniteError, match="learning_rate"):
-        trainer.train(config, str(tmp_path / "train"), model, ctx.dataset.users)
+        trainer.train(config, str(tmp_path / "train"), model, artifacts.dataset.users)
 
 
 def test_early_stopping_ends_training_when_validation_stalls(tmp_path):
@@ -135,10 +135,11 @@ def test_early_stopping_ends_training_when_validation_stalls(tmp_path):
     assert summary["stopped_early"] and summary["final_step"] == 3 * summary["steps_per_epoch"]
 
 
-class _StepEcho:
+class _StepEcho(TrainableRecommender):
     """A one-parameter model whose loss reports the ``step`` the trainer passes it."""
 
-    loss_uses_step = True
+    def topk(self, params, batch, k):
+        raise NotImplementedError
 
     def init(self, rng, batch):
         return {"w": jax.numpy.zeros(())}

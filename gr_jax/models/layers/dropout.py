@@ -52,14 +52,17 @@ class Dropout(nn.Module):
     rate: float
     impl: str = "hash"
 
+    def __post_init__(self):
+        if self.impl not in IMPLEMENTATIONS:
+            raise ValueError(f"dropout impl {self.impl!r}; expected one of {IMPLEMENTATIONS}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
         if self.impl == "threefry":
             return nn.Dropout(self.rate)(x, deterministic=False)
-        if self.impl != "hash":
-            raise ValueError(f"dropout impl {self.impl!r}; expected one of {IMPLEMENTATIONS}")
         seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
         keep = hash_keep_mask(seed, x.shape, self.rate)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))

@@ -6,20 +6,48 @@ decoder runs either teacher-forced over all target positions or one step at a ti
 a fixed-size self-attention cache (``lax.scan`` friendly) and cross-attention into an
 encoder memory shared by all beams of a user.
 
+Every layer takes one frozen ``LayerConfig`` (``layers.structs``); ``T5Config`` adds the
+encoder-decoder's own fields.
+
 Logical axes: ``batch``, ``seq``, ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gr_jax.models.layers.dropout import Dropout
+from gr_jax.models.layers.structs import LayerConfig
+from gr_jax.ops import NEG_INF
 
-NEG_INF = -1e9
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class T5Config(LayerConfig):
+    """The encoder-decoder over SID codes (TIGER's sizes by default; ``num_levels``/``codebook_size``
+    come from the SID table)."""
+
+    num_levels: int
+    codebook_size: int
+    num_user_buckets: int = 2000
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    item_level_history: bool = False  # True: one encoder vector per history item (sum of its code embeddings)
+
+
+@flax.struct.dataclass
+class KeyValues:
+    """Attention keys and values ``[..., S, H, D]``: a cross-attention memory or a self-attention cache."""
+
+    key: jax.Array
+    value: jax.Array
+
+
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
@@ -86,16 +114,13 @@ def attend(q, k, v, bias, mask):
 
 
 class SelfAttention(nn.Module):
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    dropout: float
-    dropout_impl: str = "hash"
+    config: LayerConfig
 
     def setup(self):
-        self.qkv = proj((3, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
-        self.out = proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
-        self.drop = Dropout(self.dropout, self.dropout_impl)
+        c = self.config
+        self.qkv = proj((3, c.num_heads, c.head_dim), -1, ("embed", None, "heads", "kv"), "qkv")
+        self.out = proj(c.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.drop = Dropout(c.dropout, c.dropout_impl)
 
     def _output(self, y, train):
         return self.drop(self.out(y), deterministic=not train)
@@ -104,85 +129,70 @@ class SelfAttention(nn.Module):
         q, k, v = jnp.moveaxis(self.qkv(x), 2, 0)
         return self._output(attend(q, k, v, bias, mask), train)
 
-    def step(self, x, cache, position, bias):
-        """One decode step for x ``[B, W, d]``; cache (k, v) ``[B, W, T, H, D]`` is written at ``position``."""
+    def step(self, x, cache: KeyValues, position, bias):
+        """One decode step for x ``[B, W, d]``; the cache ``[B, W, T, H, D]`` is written at ``position``."""
         q, k, v = jnp.moveaxis(self.qkv(x), 2, 0)  # [B, W, H, D]
-        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k[:, :, None], position, axis=2)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v[:, :, None], position, axis=2)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache.key, k[:, :, None], position, axis=2)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache.value, v[:, :, None], position, axis=2)
         logits = jnp.einsum("bwhd,bwthd->bwht", q, k_cache) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
         logits = logits + bias  # [1, 1, H, T] -> broadcast over (B, W)
         valid = jnp.arange(k_cache.shape[2]) <= position
         logits = jnp.where(valid, logits, NEG_INF)
         y = jnp.einsum("bwht,bwthd->bwhd", jax.nn.softmax(logits, -1), v_cache)
-        return self._output(y, False), (k_cache, v_cache)
+        return self._output(y, False), KeyValues(k_cache, v_cache)
 
 
 class CrossAttention(nn.Module):
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    dropout: float
-    dropout_impl: str = "hash"
+    config: LayerConfig
 
     def setup(self):
-        self.q = proj((self.num_heads, self.head_dim), -1, ("embed", "heads", "kv"), "q")
-        self.kv = proj((2, self.num_heads, self.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
-        self.out = proj(self.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
-        self.drop = Dropout(self.dropout, self.dropout_impl)
+        c = self.config
+        self.q = proj((c.num_heads, c.head_dim), -1, ("embed", "heads", "kv"), "q")
+        self.kv = proj((2, c.num_heads, c.head_dim), -1, ("embed", None, "heads", "kv"), "kv")
+        self.out = proj(c.embed_dim, (-2, -1), ("heads", "kv", "embed"), "out")
+        self.drop = Dropout(c.dropout, c.dropout_impl)
 
-    def memory(self, encoded):
+    def memory(self, encoded) -> KeyValues:
         """Keys and values of the encoder output, computed once per user."""
         k, v = jnp.moveaxis(self.kv(encoded), 2, 0)
-        return k, v
+        return KeyValues(k, v)
 
-    def __call__(self, x, memory, memory_mask, train: bool):
-        k, v = memory
-        y = attend(self.q(x), k, v, None, memory_mask[:, None, None, :])
+    def __call__(self, x, memory: KeyValues, memory_mask, train: bool):
+        y = attend(self.q(x), memory.key, memory.value, None, memory_mask[:, None, None, :])
         return self.drop(self.out(y), deterministic=not train)
 
 
 class FeedForward(nn.Module):
-    mlp_dim: int
-    dropout: float
-    dropout_impl: str = "hash"
+    config: LayerConfig
 
     @nn.compact
     def __call__(self, x, train: bool):
-        h = proj(self.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
+        c = self.config
+        h = proj(c.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
         h = nn.with_logical_constraint(nn.relu(h), ("batch", "seq", "mlp"))
-        h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train)
+        h = Dropout(c.dropout, c.dropout_impl)(h, deterministic=not train)
         y = proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
-        return Dropout(self.dropout, self.dropout_impl)(y, deterministic=not train)
+        return Dropout(c.dropout, c.dropout_impl)(y, deterministic=not train)
 
 
 class EncoderLayer(nn.Module):
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    mlp_dim: int
-    dropout: float
-    dropout_impl: str = "hash"
+    config: LayerConfig
 
     @nn.compact
     def __call__(self, x, bias, mask, train: bool):
-        x = x + SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)(RMSNorm()(x), bias, mask, train)
-        x = x + FeedForward(self.mlp_dim, self.dropout, self.dropout_impl)(RMSNorm()(x), train)
+        x = x + SelfAttention(self.config)(RMSNorm()(x), bias, mask, train)
+        x = x + FeedForward(self.config)(RMSNorm()(x), train)
         return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
 
 
 class DecoderLayer(nn.Module):
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    mlp_dim: int
-    dropout: float
-    dropout_impl: str = "hash"
+    config: LayerConfig
 
     def setup(self):
         self.self_norm, self.cross_norm, self.mlp_norm = RMSNorm(), RMSNorm(), RMSNorm()
-        self.self_attention = SelfAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)
-        self.cross_attention = CrossAttention(self.embed_dim, self.num_heads, self.head_dim, self.dropout, self.dropout_impl)
-        self.mlp = FeedForward(self.mlp_dim, self.dropout, self.dropout_impl)
+        self.self_attention = SelfAttention(self.config)
+        self.cross_attention = CrossAttention(self.config)
+        self.mlp = FeedForward(self.config)
 
     def memory(self, encoded):
         return self.cross_attention.memory(encoded)

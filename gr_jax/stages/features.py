@@ -76,7 +76,7 @@ def event_contexts(model, params, interactions: Interactions, window: int, batch
 
 def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dataset):
     """Trains (or reuses) the CF model; returns its item table, the event contexts if enabled, a summary."""
-    from gr_jax.models import registry
+    from gr_jax.models.sasrec import SASRecRecommender
     from gr_jax.training import trainer
 
     cf = config.features.cf
@@ -85,7 +85,7 @@ def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dat
     key = json.dumps({"model": cf.model.to_dict(), "train": cf.train.to_dict(), "seed": config.seed,
                       "max_history": config.data.max_history}, sort_keys=True, default=str)
     cf_config = cf_run_config(config)
-    model = registry.build(cf_config, dataset.num_items)
+    model = SASRecRecommender(cf.model, dataset.num_items, config.data.max_history)
     summary, params = {}, None
     same = os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key
     if same:

@@ -1,7 +1,7 @@
 """The tokenize stage: item embeddings -> SID table artifact + codebook health report.
 
-``pctx`` instead writes ``pctx_sids.{npz,json}``: several SIDs per item and the SID of every
-event (``gr_jax.tokenizers.pctx``), from the features stage's event contexts and text.
+``pctx`` writes a personalized table: several SIDs per item and the SID of every event
+(``gr_jax.tokenizers.pctx_tokenizer``), from the features stage's event contexts and text.
 
 Reads the embeddings named by ``tokenizer.input`` from the features stage (or imports an
 LC-Rec ``index.json``; ``prism`` reads both the text and the CF embeddings plus each item's
@@ -23,9 +23,8 @@ import ml_collections
 import numpy as np
 
 from gr_jax.data.dataset import Dataset
-from gr_jax.features import Features
-from gr_jax.tokenizers import collisions, health, pctx
-from gr_jax.tokenizers.pctx import PersonalizedSIDs
+from gr_jax.stages.features import Features
+from gr_jax.tokenizers import collisions, health, pctx_tokenizer
 from gr_jax.tokenizers.sid_table import SIDTable
 
 TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
@@ -154,7 +153,7 @@ def thresholds(cfg: ml_collections.ConfigDict) -> health.HealthThresholds:
 
 
 def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
-                          features: Features) -> tuple[PersonalizedSIDs, dict]:
+                          features: Features) -> tuple[SIDTable, dict]:
     """Pctx: context centroids of every item -> one SID per (item, context) and every event's SID."""
     from gr_jax.data.splits import train_event_mask
 
@@ -162,8 +161,8 @@ def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, datas
     if features.contexts is None:
         raise ValueError("tokenizer.name='pctx' needs the event contexts: enable config.features.cf (a DuoRec) and "
                          "config.features.cf.contexts, and run the features stage")
-    cfg = pctx.PctxConfig(**tok.pctx.to_dict())
-    table, info = pctx.fit_pctx(features.contexts, dataset.users.items, train_event_mask(dataset.users),
+    cfg = pctx_tokenizer.PctxConfig(**tok.pctx.to_dict())
+    table, info = pctx_tokenizer.fit_pctx(features.contexts, dataset.users.items, train_event_mask(dataset.users),
                                 features.get("text"), cfg)
     table.validate(dataset.num_items, len(dataset.users.items))
     levels = cfg.num_levels
@@ -183,7 +182,7 @@ def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, datas
 
 
 def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
-             features: Features) -> tuple[SIDTable | PersonalizedSIDs, dict]:
+             features: Features | None) -> tuple[SIDTable, dict]:
     """Fits the tokenizer, writes the SID artifact and health report; returns the table and a summary."""
     tok = config.tokenizer
     if tok.name == "pctx":
@@ -226,16 +225,3 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     logging.info("Tokenized %d items into %d-level SIDs (%d unique).", dataset.num_items, table.num_levels,
                  table.num_unique)
     return table, summary
-
-
-def load_sid_table(workdir: str, tokenizer: str) -> SIDTable | PersonalizedSIDs:
-    """The SID artifact a previous tokenize stage with ``tokenizer`` left in ``workdir`` (per item, or
-    Pctx's per event)."""
-    path = os.path.join(workdir, "tokenize")
-    if tokenizer == "pctx":
-        if not os.path.exists(os.path.join(path, pctx.JSON_NAME)):
-            raise FileNotFoundError(f"no Pctx SIDs in {path}; run the tokenize stage with tokenizer.name='pctx' first")
-        return PersonalizedSIDs.load(path)
-    if not os.path.exists(os.path.join(path, "sid_table.npz")):
-        raise FileNotFoundError(f"no SID table in {path}; run the tokenize stage first")
-    return SIDTable.load(path)

@@ -7,7 +7,7 @@ import numpy as np
 from configs import rqvae
 from gr_jax import stages
 from gr_jax.data.dataset import Interactions
-from gr_jax.features import event_windows, load_features
+from gr_jax.stages.features import event_windows, load_features
 
 
 def test_features_stage_writes_text_and_cf_embeddings_and_reuses_them(tmp_path):
@@ -21,14 +21,14 @@ def test_features_stage_writes_text_and_cf_embeddings_and_reuses_them(tmp_path):
     config.features.cf.contexts = True  # Pctx's per-event context vectors
     config.features.cf.train.num_epochs = 1
     config.features.cf.train.batch_size = 32
-    ctx = stages.run(config, str(tmp_path / "run"))
-    text, cf = ctx.features.text, ctx.features.cf
+    artifacts = stages.run(config, str(tmp_path / "run"))
+    text, cf = artifacts.features.text, artifacts.features.cf
     assert text.shape == (100, 384) and np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
     assert cf.shape == (100, 16) and np.isfinite(cf).all()
     summary = json.load(open(tmp_path / "run" / "features" / "summary.json"))
     assert summary["cf"]["train"]["final_step"] > 0
-    contexts = ctx.features.contexts
-    assert contexts.shape == (len(ctx.dataset.users.items), 16) and np.isfinite(contexts).all()
+    contexts = artifacts.features.contexts
+    assert contexts.shape == (len(artifacts.dataset.users.items), 16) and np.isfinite(contexts).all()
     assert len(np.unique(contexts.round(5), axis=0)) > len(contexts) // 2  # events differ by context
     reloaded = load_features(str(tmp_path / "run"))
     np.testing.assert_array_equal(reloaded.cf, cf)

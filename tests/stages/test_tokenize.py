@@ -31,8 +31,8 @@ def test_index_json_import_trains_on_foreign_sids(tmp_path):
     config.features.text.enabled = False
     config.tokenizer.name = "index_json"
     config.tokenizer.index_json = str(tmp_path / "a" / "tokenize" / "index.json")
-    ctx = stages.run(config, str(tmp_path / "b"))
-    np.testing.assert_array_equal(ctx.sid_table.codes, SIDTable.load(str(tmp_path / "a" / "tokenize")).codes)
+    artifacts = stages.run(config, str(tmp_path / "b"))
+    np.testing.assert_array_equal(artifacts.sid_table.codes, SIDTable.load(str(tmp_path / "a" / "tokenize")).codes)
 
 
 def test_unhealthy_codebooks_stop_the_stage_with_the_fix(tmp_path):

@@ -1,7 +1,7 @@
 """Pctx's personalized tokenizer (Zhong et al., 2025): an item gets one SID per user *context*.
 
 Input: a context vector for every event (the DuoRec state at the event's position over the
-window of events ending with it; ``gr_jax.features.event_contexts``), the item of every event,
+window of events ending with it; ``gr_jax.stages.features.event_contexts``), the item of every event,
 which events are training events, and each item's text embedding. Steps (SPEC §4):
 
 1. **Allocation** (``centroid_counts``): items with training events fall into ``T`` groups by
@@ -33,16 +33,11 @@ training context instead of the mean item embedding.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 
-from gr_jax.data.errors import DataError
 from gr_jax.tokenizers import collisions
-
-FORMAT_VERSION = 1
-NPZ_NAME, JSON_NAME = "pctx_sids.npz", "pctx_sids.json"
+from gr_jax.tokenizers.sid_table import SIDTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,82 +165,6 @@ def merge_rare(counts: np.ndarray, centroids: np.ndarray, threshold: float) -> n
     return pointer
 
 
-@dataclasses.dataclass
-class PersonalizedSIDs:
-    """The Pctx artifact: every SID of every item, and the SID of every event.
-
-    ``codes [S, L]`` int32 (unique rows), ``sid_item [S]`` the item of each SID, ``event_sid [E]``
-    the SID row of every event (``Interactions.items`` order), ``item_sids [num_items, V]`` each
-    item's SID rows (-1 padded) with ``item_sid_counts`` their training-event counts (the draw
-    weights of augmentation and of the inference copies; items without training events count 1).
-    """
-
-    codes: np.ndarray
-    sid_item: np.ndarray
-    event_sid: np.ndarray
-    item_sids: np.ndarray
-    item_sid_counts: np.ndarray
-    codebook_sizes: tuple[int, ...]
-    codebooks: list[np.ndarray] | None = None
-    meta: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        self.codes = np.asarray(self.codes, np.int32)
-        self.sid_item = np.asarray(self.sid_item, np.int32)
-        self.event_sid = np.asarray(self.event_sid, np.int32)
-        self.item_sids = np.asarray(self.item_sids, np.int32)
-        self.item_sid_counts = np.asarray(self.item_sid_counts, np.int32)
-        self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_sids)
-
-    @property
-    def num_levels(self) -> int:
-        return self.codes.shape[1]
-
-    def sids_per_item(self) -> np.ndarray:
-        return (self.item_sids >= 0).sum(1)
-
-    def validate(self, num_items: int, num_events: int) -> None:
-        """Raises ``DataError`` when the artifact does not fit the dataset (e.g. a stale workdir)."""
-        if self.num_items != num_items or len(self.event_sid) != num_events:
-            raise DataError(f"Pctx SIDs cover {self.num_items} items / {len(self.event_sid)} events but the dataset "
-                            f"has {num_items} / {num_events}; rerun the tokenize stage for this dataset")
-        if len(np.unique(self.codes, axis=0)) != len(self.codes):
-            raise DataError("Pctx SIDs are not unique; the artifact is corrupt, rerun the tokenize stage")
-        if (self.sids_per_item() < 1).any():
-            raise DataError("some items have no Pctx SID; rerun the tokenize stage")
-        if self.event_sid.min() < 0 or self.event_sid.max() >= len(self.codes):
-            raise DataError("event SIDs out of range; rerun the tokenize stage")
-        for level, size in enumerate(self.codebook_sizes):
-            if self.codes[:, level].max() >= size:
-                raise DataError(f"level-{level} codes exceed its codebook size {size}")
-
-    def save(self, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
-        arrays = {k: getattr(self, k) for k in ("codes", "sid_item", "event_sid", "item_sids", "item_sid_counts")}
-        for level, codebook in enumerate(self.codebooks or []):
-            arrays[f"codebook_{level}"] = codebook
-        np.savez_compressed(os.path.join(out_dir, NPZ_NAME), **arrays)
-        with open(os.path.join(out_dir, JSON_NAME), "w") as f:
-            json.dump({"format_version": FORMAT_VERSION, "codebook_sizes": list(self.codebook_sizes),
-                       "num_codebooks": len(self.codebooks or []), "meta": self.meta}, f, indent=2)
-
-    @classmethod
-    def load(cls, in_dir: str) -> "PersonalizedSIDs":
-        with open(os.path.join(in_dir, JSON_NAME)) as f:
-            header = json.load(f)
-        if header.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{in_dir}/{JSON_NAME} has format_version {header.get('format_version')}, expected "
-                            f"{FORMAT_VERSION}; rerun the tokenize stage")
-        data = np.load(os.path.join(in_dir, NPZ_NAME))
-        return cls(data["codes"], data["sid_item"], data["event_sid"], data["item_sids"], data["item_sid_counts"],
-                   header["codebook_sizes"], [data[f"codebook_{l}"] for l in range(header["num_codebooks"])],
-                   header["meta"])
-
-
 def _count_histogram(values: np.ndarray) -> dict[str, int]:
     keys, counts = np.unique(values, return_counts=True)
     return {str(int(k)): int(c) for k, c in zip(keys, counts)}
@@ -262,7 +181,7 @@ def _resolve(pointer: np.ndarray) -> np.ndarray:
 
 
 def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.ndarray, text: np.ndarray,
-             config: PctxConfig) -> tuple[PersonalizedSIDs, dict]:
+             config: PctxConfig) -> tuple[SIDTable, dict]:
     """Runs steps 1-5 (module docstring); returns the artifact and a summary of SIDs per item.
 
     ``contexts [E, D]`` float, ``event_items [E]`` int, ``train_events [E]`` bool, ``text [N, F]``.
@@ -345,13 +264,9 @@ def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.nda
     sid_counts = np.bincount(event_sid[train_ids], minlength=len(survivors))
     sid_counts = np.where(counts[sid_item] == 0, 1, sid_counts)  # items without training events
     per_item = np.bincount(sid_item, minlength=num_items)
-    item_sids = np.full((num_items, per_item.max()), -1, np.int64)
-    rank = np.arange(len(survivors)) - np.repeat(np.cumsum(per_item) - per_item, per_item)
-    item_sids[sid_item, rank] = np.arange(len(survivors))
-    item_sid_counts = np.where(item_sids >= 0, sid_counts[np.maximum(item_sids, 0)], 0)
-    table = PersonalizedSIDs(codes[survivors], sid_item, event_sid, item_sids, item_sid_counts,
-                             (config.codebook_size,) * (config.num_levels + 1), list(rq.codebooks),
-                             meta={"tokenizer": "pctx", "personalized": config.personalized})
+    table = SIDTable(codes[survivors], (config.codebook_size,) * (config.num_levels + 1), list(rq.codebooks),
+                     meta={"tokenizer": "pctx", "personalized": config.personalized}, sid_item=sid_item,
+                     event_sid=event_sid, sid_counts=sid_counts)
     centroids_per_item = np.bincount(centroid_item, minlength=num_items)
     summary = {
         "num_centroids": num_centroids, "num_sids": len(survivors),

@@ -10,7 +10,7 @@ import optax
 from configs import prism as prism_config
 from gr_jax import stages
 from gr_jax.decoding.trie import build_trie
-from gr_jax.features import CF_FILE, TEXT_FILE
+from gr_jax.stages.features import CF_FILE, TEXT_FILE
 from gr_jax.models import prism
 from gr_jax.tokenizers.sid_table import SIDTable
 
@@ -115,7 +115,7 @@ def test_ats_divides_each_target_level_logits_by_its_temperature_in_the_training
     b = batch(table.num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     target = model.codes[b["target"]]
-    logits = jax.jit(lambda p: model.module.apply({"params": p}, **model._inputs(b), target_codes=target))(params)
+    logits = jax.jit(lambda p: model.module.apply({"params": p}, **model.inputs(b), target_codes=target))(params)
     tau = prism.ats_temperatures(model.trie, table.codes, model.config)[np.asarray(b["target"])]
     scaled = np.asarray(logits) / tau[..., None]
     expected = np.mean([sum(-jax.nn.log_softmax(scaled[i, l])[target[i, l]] for l in range(3))
@@ -157,7 +157,7 @@ def test_prism_beam_search_equals_exhaustive_scoring_and_returns_only_valid_sids
     num_sids = len(model.trie.sid_items)
     b = batch(table.num_items)
     params = model.init(jax.random.PRNGKey(0), b)
-    sids, scores = jax.jit(lambda p, x: model.search(p, x, num_sids))(params, b)
+    sids, scores = jax.jit(lambda p, x: model.search(p, model.inputs(x), num_sids).results())(params, b)
     sid_codes = model.codes[model.trie.sid_items[:, 0]]
     score_all = jax.jit(model.sequence_log_probs)
     for row in range(len(b["user"])):
@@ -184,8 +184,8 @@ def test_tiny_prism_train_and_eval_stages_write_metrics(tmp_path):
     codes = np.stack(np.unravel_index(np.arange(num_items), (5, 5, 4)), 1)
     SIDTable(codes, (16, 16, 16), codebooks=[rng.normal(size=(16, 8)) for _ in range(3)]).save(
         str(tmp_path / "tokenize"))
-    ctx = stages.run(config, str(tmp_path))
-    assert isinstance(ctx.model, prism.PrismRecommender)
+    artifacts = stages.run(config, str(tmp_path))
+    assert isinstance(artifacts.model(), prism.PrismRecommender)
     metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
     for split in ("valid", "test"):
         assert 0.0 <= metrics[split]["ndcg@10"] <= metrics[split]["recall@10"] <= 1.0

@@ -1,0 +1,83 @@
+"""The recommender contract: what the trainer, the stages and the evaluator call on a model.
+
+Every model is built by ``registry.build`` from its config and the artifacts of earlier stages,
+and is never changed afterwards: anything it needs (a pre-trained Q-Former, decoding
+temperatures, an unrolled decoding loop for FLOP counts) comes in through its constructor.
+
+- ``Recommender``: ranks ``topk(params, batch, k) -> [B, k]`` item ids (-1 padded), best first.
+- ``TrainableRecommender``: a neural model trained by the shared trainer. Required: ``init`` and
+  ``loss``; the other methods are optional hooks whose defaults are written here.
+- ``FittedRecommender``: a closed-form model (the count baselines) whose ``fit`` returns the
+  "params" (a dict of arrays, saved by the train stage) that ``topk`` reads; ranks on the host.
+- ``IndexRetriever``: a trainable model that ranks by searching an item-vector index with a set of
+  queries per user; ``eval.index='scann'`` serves it from ScaNN (``retrieval.serving``).
+
+Batches are dicts of arrays (``gr_jax.data.splits.assemble_batch``): ``user``, ``history``,
+``history_mask``, ``target``, ``history_event``, ``target_event`` (+ ``partner_history`` and
+``partner_history_mask`` for models with ``needs_partner``).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from gr_jax.data.dataset import Interactions
+
+Params = Any
+
+
+class Recommender(abc.ABC):
+    trainable: ClassVar[bool]
+
+    @abc.abstractmethod
+    def topk(self, params: Params, batch: dict, k: int) -> jax.Array:
+        """The ``k`` best items ``[B, k]`` for each row of ``batch``, best first (-1 for no item)."""
+
+
+class FittedRecommender(Recommender):
+    trainable = False
+
+    @abc.abstractmethod
+    def fit(self, interactions: Interactions) -> dict[str, np.ndarray]:
+        """Statistics of the training split that ``topk`` ranks with."""
+
+
+class TrainableRecommender(Recommender):
+    trainable = True
+    needs_partner: bool = False  # training batches carry another history with the same target (DuoRec)
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: dict) -> Params:
+        """Parameters for batches shaped like ``batch`` (may carry logical-partitioning boxes)."""
+
+    @abc.abstractmethod
+    def loss(self, params: Params, batch: dict, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict]:
+        """(scalar loss, dict of scalar metrics) of a training batch; ``step`` is the optimizer step
+        (traced), for losses that follow a schedule."""
+
+    def selection_topk(self, params: Params, batch: dict, k: int) -> jax.Array:
+        """The ranking that picks checkpoints during training; ``topk`` unless a model has a cheaper one."""
+        return self.topk(params, batch, k)
+
+    def eval_params(self, params: Params) -> Params:
+        """What ``topk`` receives instead of ``params``, computed once per evaluation round (e.g. the
+        catalogue's item vectors)."""
+        return params
+
+    def item_embeddings(self, params: Params) -> jax.Array | None:
+        """The model's item vectors ``[num_items, D]`` when it has any (saved by the train stage)."""
+        return None
+
+
+class IndexRetriever(TrainableRecommender):
+    @abc.abstractmethod
+    def item_embeddings(self, params: Params) -> jax.Array:
+        """The catalogue's vectors ``[num_items, E]`` that the queries search."""
+
+    @abc.abstractmethod
+    def query_set(self, params: Params, batch: dict) -> jax.Array:
+        """Unit queries ``[B, P, E]`` per user; their results merge per item by max score."""

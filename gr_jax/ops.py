@@ -1,0 +1,15 @@
+"""Small numeric helpers shared by models, tokenizers and retrieval."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Masked attention logits and dead beams: finite, so a fully masked row still softmaxes to a
+# uniform distribution instead of NaN. Padding of ranked result lists uses -inf ("no result").
+NEG_INF = -1e9
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Rows of ``x`` scaled to unit L2 norm along the last axis (zero rows stay zero)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)

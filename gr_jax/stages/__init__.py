@@ -1,0 +1,290 @@
+"""Pipeline stages that hand over typed artifacts through the workdir.
+
+=========  ===================================================  ====================================
+stage      reads                                                writes
+=========  ===================================================  ====================================
+data       raw files (``config.data``)                          ``Dataset``: ``WORKDIR/data``
+features   ``Dataset``                                          ``Features``: ``WORKDIR/features``
+tokenize   ``Dataset``, ``Features`` (not for ``index_json``)   ``SIDTable``: ``WORKDIR/tokenize``
+train      ``Dataset`` + what the model reads (``registry``)     params: ``WORKDIR/train``
+eval       ``Dataset``, params + what the model reads           metrics: ``WORKDIR/eval``
+=========  ===================================================  ====================================
+
+``Artifacts`` holds one workdir's artifacts: each is made by its stage in this process or loaded
+once from the workdir. Before anything runs, every artifact a configured stage reads must be made
+by an earlier configured stage or be on disk; otherwise the run stops naming the stage that makes
+it. Each stage also writes ``WORKDIR/<stage>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gr_jax.data import tfds_builder
+from gr_jax.data.dataset import Dataset
+from gr_jax.evaluation.evaluator import evaluate, format_table
+from gr_jax.models import registry
+from gr_jax.models.recommender import Recommender
+from gr_jax.stages.features import Features
+from gr_jax.tokenizers.sid_table import SIDTable
+from gr_jax.training import trainer
+from gr_jax.training.checkpoint import has_best_checkpoint
+
+
+def is_primary() -> bool:
+    """Only process 0 writes shared outputs on multi-host runs."""
+    return jax.process_index() == 0
+
+
+def write_json(path: str, payload: dict) -> None:
+    if not is_primary():
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+
+
+class MissingArtifactError(FileNotFoundError):
+    """A stage's input was neither made in this run nor found in the workdir."""
+
+
+class Artifacts:
+    """The artifacts of one workdir, each loaded at most once."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        self._dataset: Dataset | None = None
+        self._features: Features | None = None
+        self._sid_table: SIDTable | None = None
+        self._model: Recommender | None = None
+        self.params: Any = None  # trained or fitted in this process (None: restore the best checkpoint)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def fitted_path(self) -> str:
+        """Where the train stage keeps a count baseline's fitted statistics."""
+        return self.path("train", "fitted.npz")
+
+    def tfds_dir(self) -> str:
+        return self.config.data.tfds_dir or self.path("data", "tfds")
+
+    def on_disk(self, name: str) -> bool:
+        """Whether artifact ``name`` (an entry of ``PRODUCERS``) exists in the workdir."""
+        if name == "dataset":
+            return tfds_builder.builder_for(self.config.data, self.tfds_dir()).is_prepared()
+        if name == "features":
+            return os.path.isdir(self.path("features"))
+        if name == "sid_table":
+            return SIDTable.exists(self.path("tokenize"))
+        if name == "params":
+            return has_best_checkpoint(self.path("train", "checkpoints")) or os.path.isfile(self.fitted_path())
+        raise KeyError(name)
+
+    def _require(self, name: str) -> None:
+        if not self.on_disk(name):
+            raise MissingArtifactError(f"no {name} in {self.workdir}: the {PRODUCERS[name]} stage makes it; add "
+                                       f"'{PRODUCERS[name]}' to config.stages (or point --workdir at a run that has it)")
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._require("dataset")
+            self._dataset = tfds_builder.load(tfds_builder.builder_for(self.config.data, self.tfds_dir()))
+        return self._dataset
+
+    @property
+    def features(self) -> Features:
+        if self._features is None:
+            from gr_jax.stages.features import load_features
+
+            self._require("features")
+            self._features = load_features(self.workdir)
+        return self._features
+
+    @property
+    def sid_table(self) -> SIDTable:
+        if self._sid_table is None:
+            self._require("sid_table")
+            self._sid_table = SIDTable.load(self.path("tokenize"))
+        return self._sid_table
+
+    def model(self, pretrained_qformer: dict | None = None) -> Recommender:
+        """The configured model, built once (``pretrained_qformer``: the train stage's Q-Former init)."""
+        if self._model is None:
+            self._model = registry.build(self.config, self, pretrained_qformer=pretrained_qformer)
+        return self._model
+
+
+def run_data(a: Artifacts) -> dict:
+    """Builds (or reuses) the ArrayRecord dataset and loads it back through ``tfds.data_source``."""
+    builder = tfds_builder.build(a.config.data, a.tfds_dir())
+    a._dataset = tfds_builder.load(builder)
+    summary = a.dataset.stats() | {"report": a.dataset.report, "tfds_dir": builder.data_dir}
+    logging.info("Data: %d users, %d items, %d events (%s).", summary["num_users"], summary["num_items"],
+                 summary["num_events"], builder.data_dir)
+    return summary
+
+
+def run_features(a: Artifacts) -> dict:
+    """MiniLM item-text embeddings and/or collaborative (SASRec/DuoRec) item embeddings."""
+    from gr_jax.stages.features import compute_features
+
+    a._features, summary = compute_features(a.config, a.workdir, a.dataset)
+    return summary
+
+
+def run_tokenize(a: Artifacts) -> dict:
+    """Item embeddings -> SID table + codebook health report."""
+    from gr_jax.stages.tokenize import tokenize
+
+    features = None if a.config.tokenizer.name == "index_json" else a.features
+    a._sid_table, summary = tokenize(a.config, a.workdir, a.dataset, features)
+    return summary
+
+
+def load_pretrained_qformer(a: Artifacts) -> dict:
+    """The Q-Former params (encoder and reconstruction decoder) of the best checkpoint of the
+    finished ``qformer`` run named by ``model.init_qformer_from``, checked against this config."""
+    from gr_jax.models.qformer_pretrain import SHAPE_FIELDS, QFormerPretrainRecommender
+
+    run_dir, model_config = a.config.model.init_qformer_from, a.config.model
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.init_qformer_from={run_dir!r}: {path} not found; give the WORKDIR of a "
+                                "finished qformer run (python -m gr_jax.main --config=configs/qformer.py ...)")
+    with open(path) as f:
+        pretraining = ml_collections.ConfigDict(json.load(f))
+    if pretraining.model.name != "qformer":
+        raise ValueError(f"model.init_qformer_from={run_dir!r} is a {pretraining.model.name!r} run; expected a "
+                         "qformer (pre-training) run")
+    mismatched = {f: (pretraining.model[f], model_config[f]) for f in SHAPE_FIELDS
+                  if pretraining.model[f] != model_config[f]}
+    if mismatched:
+        raise ValueError(f"model.init_qformer_from={run_dir!r}: the Q-Former differs from the pre-trained one in "
+                         + ", ".join(f"model.{f} (pre-trained {p!r}, here {h!r})" for f, (p, h) in mismatched.items())
+                         + "; set these fields to the pre-training run's values")
+    model = QFormerPretrainRecommender(pretraining.model, a.features)
+    params = trainer.restore_best_params(os.path.join(run_dir, "train"), model, a.dataset.users, pretraining)
+    logging.info("Q-Former initialised from the pre-training run %s.", run_dir)
+    return params["qformer"]
+
+
+def run_train(a: Artifacts) -> dict:
+    """Fits a count baseline or trains a neural model (best params kept by validation NDCG@10)."""
+    config, interactions = a.config, a.dataset.users
+    pretrained = load_pretrained_qformer(a) if config.model.get("init_qformer_from") else None
+    model = a.model(pretrained_qformer=pretrained)
+    if not model.trainable:
+        tic = time.time()
+        a.params = model.fit(interactions)
+        if is_primary():
+            os.makedirs(a.path("train"), exist_ok=True)
+            np.savez(a.fitted_path(), **a.params)
+        return {"model": config.model.name, "fit_seconds": time.time() - tic, "fitted": a.fitted_path()}
+    result = trainer.train(config, a.path("train"), model, interactions)
+    a.params = result.params
+    summary = {"model": config.model.name} | result.summary
+    vectors = model.item_embeddings(a.params)
+    if vectors is not None:
+        summary["item_embeddings"] = a.path("train", "item_embeddings.npy")
+        np.save(summary["item_embeddings"], np.asarray(vectors))
+    return summary
+
+
+def run_eval(a: Artifacts) -> dict:
+    """Full-catalogue top-K on valid/test; writes ``eval/metrics.json`` and prints a table."""
+    config, model, size = a.config, a.model(), a.config.eval.list_size
+    if a.params is None and model.trainable:
+        a.params = trainer.restore_best_params(a.path("train"), model, a.dataset.users, config)
+    elif a.params is None:
+        with np.load(a.fitted_path()) as fitted:
+            a.params = dict(fitted)
+    with trainer.mesh_context(config) as mesh:
+        if not model.trainable:
+            ranking = lambda batch: model.topk(a.params, batch, size)  # noqa: E731
+        elif config.eval.get("index", "exact") == "scann":
+            from gr_jax.retrieval import serving
+
+            ranking = serving.scann_topk(model, a.params, serving.ScannConfig(**config.scann), size,
+                                         a.path("eval", "scann_index"))
+        else:
+            ranking = trainer.jit_topk(model, mesh, None, size)(a.params)
+        results = evaluate(ranking, a.dataset.users, config, a.dataset.num_items)
+    write_json(a.path("eval", "metrics.json"), results)
+    if is_primary():
+        print(format_table(results, title=f"{config.name} on {a.dataset.name} (list size {size})"), flush=True)
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    run: Callable[[Artifacts], dict]
+    reads: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
+    writes: str
+
+
+def _model_reads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ("dataset",) + registry.reads(config)
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage(run_data, lambda c: (), "dataset"),
+    "features": Stage(run_features, lambda c: ("dataset",), "features"),
+    "tokenize": Stage(run_tokenize, lambda c: ("dataset",) if c.tokenizer.name == "index_json"
+                      else ("dataset", "features"), "sid_table"),
+    "train": Stage(run_train, _model_reads, "params"),
+    "eval": Stage(run_eval, lambda c: _model_reads(c) + ("params",), "metrics"),
+}
+PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
+
+
+def parse_stages(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise ValueError(f"config.stages={spec!r}: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    return names
+
+
+def check_inputs(names: list[str], artifacts: Artifacts) -> None:
+    """Raises ``MissingArtifactError`` before anything runs when a stage's input will be missing."""
+    made: set[str] = set()
+    for name in names:
+        for needed in STAGES[name].reads(artifacts.config):
+            if needed not in made and not artifacts.on_disk(needed):
+                raise MissingArtifactError(
+                    f"stage '{name}' reads the {needed}, which neither an earlier stage of config.stages="
+                    f"{artifacts.config.stages!r} makes nor {artifacts.workdir} holds; add "
+                    f"'{PRODUCERS[needed]}' to config.stages")
+        made.add(STAGES[name].writes)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Artifacts:
+    """Runs the configured stages in order in ``workdir``."""
+    if "://" in workdir:
+        raise ValueError(f"--workdir={workdir} is a URL; gr_jax writes through the local filesystem, so use a "
+                         f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
+    names = parse_stages(config.stages)
+    artifacts = Artifacts(config, workdir)
+    check_inputs(names, artifacts)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    for name in names:
+        tic = time.time()
+        logging.info("=== stage %s ===", name)
+        summary = STAGES[name].run(artifacts)
+        write_json(artifacts.path(name, "summary.json"), summary | {"seconds": time.time() - tic})
+        logging.info("=== stage %s done in %.1fs ===", name, time.time() - tic)
+    return artifacts
