@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
 from gr_jax.text.item_text import embed_items  # noqa: E402
+from configs import tokenizers  # noqa: E402
 from gr_jax.tokenizers import health  # noqa: E402
 from gr_jax.stages.tokenize import fit_tokenizer, sid_table_from_fit  # noqa: E402
 
@@ -42,8 +43,7 @@ def main():
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only.split(","):
             continue
-        tok = config.tokenizer.copy_and_resolve_references()
-        tok.name = "rq_vae" if name == "rq_vae" else "rq_kmeans"
+        tok = tokenizers.tokenizer_config("rq_vae" if name == "rq_vae" else "rq_kmeans", embeddings="text")
         tok[tok.name].update(overrides)
         fit = fit_tokenizer(x, tok)
         report = health.compute_health(fit.codes, fit.codebooks.shape[1], residual_energy=fit.residual_energy,

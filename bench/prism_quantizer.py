@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
+from configs import tokenizers  # noqa: E402
 from gr_jax.stages.features import load_features  # noqa: E402
 from gr_jax.tokenizers import health  # noqa: E402
 from gr_jax.tokenizers import prism_quantizer as pq  # noqa: E402
@@ -60,7 +61,7 @@ def main():
         tok = config.tokenizer.copy_and_resolve_references()
         record = {"name": name, "items": dataset.num_items}
         if overrides is None:  # the stage's plain RQ-VAE on the same inputs
-            tok.name, tok.input = "rq_vae", "text+cf"
+            tok = tokenizers.tokenizer_config("rq_vae", embeddings="text+cf")
             if args.epochs:
                 tok.rq_vae.num_epochs = args.epochs
             fit = fit_tokenizer(input_embeddings(features, tok.input), tok)

@@ -1,4 +1,9 @@
-"""Shared sub-configs. Every field is a knob a user may override from the CLI."""
+"""Shared config sections and the data/budget of the variants. Every field is a knob a user may
+override from the CLI; loading a config imports no JAX.
+
+Each system's ``get_config(arg)`` resolves its own variant (``None`` = the synthetic default,
+``tiny``, ``scientific``, ...) with the helpers below.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ import ml_collections
 from gr_jax.data.synthetic import SyntheticConfig
 
 SCIENTIFIC_DIR = "../shared/data/scientific"
+
+
+def check_variant(arg: str | None, variants: tuple[str, ...]) -> None:
+    if arg and arg not in variants:
+        raise ValueError(f"unknown config variant {arg!r}; expected one of: {', '.join(variants)}")
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -71,7 +81,7 @@ def sharding_config() -> ml_collections.ConfigDict:
 
 
 def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
-    """Top-level config with data/train/eval sections; systems add ``model``."""
+    """Top-level config with data/train/eval sections; systems add ``model`` (and what else they use)."""
     c = ml_collections.ConfigDict()
     c.name = name
     c.seed = 0
@@ -84,23 +94,14 @@ def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
     return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Shared data/budget changes of the ``tiny`` and ``scientific`` variants."""
-    if not arg:
-        return c
-    if arg == "tiny":
-        c.data.synthetic.num_users = 150
-        c.data.synthetic.num_items = 100
-        c.data.synthetic.branching = (3, 3, 2)
-        c.train.batch_size = 32
-        c.train.num_epochs = 1
-        c.train.warmup_steps = 2
-        c.train.log_every_steps = 5
-        c.eval.batch_size = 64
-    elif arg in ("scientific", "scientific_full"):
-        c.data.format = "lcrec"
-        c.data.dir = SCIENTIFIC_DIR
-        c.data.name = "Scientific"
-    else:
-        raise ValueError(f"unknown config variant {arg!r}; expected one of: tiny, scientific, scientific_full")
-    return c
+def use_tiny(c: ml_collections.ConfigDict) -> None:
+    """The ``:tiny`` variant's data and budget (what the tests run): 150 users x 100 items, one
+    epoch at batch 32."""
+    c.data.synthetic.update(num_users=150, num_items=100, branching=(3, 3, 2))
+    c.train.update(batch_size=32, num_epochs=1, warmup_steps=2, log_every_steps=5)
+    c.eval.batch_size = 64
+
+
+def use_scientific(c: ml_collections.ConfigDict) -> None:
+    """Amazon 2018 Industrial & Scientific in LC-Rec format (``--config.data.dir`` to move it)."""
+    c.data.update(format="lcrec", dir=SCIENTIFIC_DIR, name="Scientific")

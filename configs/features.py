@@ -1,4 +1,4 @@
-"""Defaults of ``config.features``: MiniLM text embeddings and a SASRec-trained CF table."""
+"""``config.features``: MiniLM item-text embeddings and a SASRec (or DuoRec) collaborative table."""
 
 import ml_collections
 
@@ -16,7 +16,6 @@ def features_config(text: bool = True, cf: bool = False) -> ml_collections.Confi
     c.cf = ml_collections.ConfigDict()
     c.cf.enabled = cf
     c.cf.contexts = False  # also save the CF model's state at every event (Pctx's context vectors)
-    cf_defaults = sasrec.get_config()
-    c.cf.model = cf_defaults.model  # SASRec by default; model.contrastive='supervised' gives DuoRec
-    c.cf.train = cf_defaults.train
+    c.cf.model = sasrec.model_config()  # SASRec; model.contrastive='supervised' gives DuoRec
+    c.cf.train = sasrec.train_config()
     return c

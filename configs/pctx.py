@@ -6,13 +6,13 @@ the n-copy ensemble. Ablations (switches): ``--config.tokenizer.pctx.personalize
 SID per item: no clustering), ``--config.tokenizer.pctx.merge_threshold=0`` (no merging),
 ``--config.model.augment_prob=0`` (no augmentation), ``--config.model.num_copies=1`` (no ensemble).
 
-Variants: default (synthetic), ``:tiny`` (tests), ``:scientific`` (TIGER's CPU budget),
-``:scientific_full`` (paper-scale budget for a GPU/TPU).
+Variants: default (synthetic, laptop-sized model), ``:tiny`` (tests), ``:scientific`` (TIGER's CPU
+budget), ``:scientific_full`` (TIGER's paper-scale budget, for a GPU/TPU).
 """
 
 import ml_collections
 
-from configs import common, duorec, features, tiger, tokenizers
+from configs import common, duorec, features, sasrec, tiger, tokenizers
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -27,31 +27,38 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    common.check_variant(arg, ("tiny", "scientific", "scientific_full"))
     c = common.base_config("pctx", stages="data,features,tokenize,train,eval")
     c.features = features.features_config(text=True, cf=True)
-    context_encoder = duorec.get_config(arg if arg == "tiny" else None)
-    c.features.cf.model = context_encoder.model
-    c.features.cf.train = context_encoder.train
+    c.features.cf.model.update(duorec.CONTRASTIVE)  # the context encoder is a DuoRec
     c.features.cf.contexts = True
     c.tokenizer = tokenizers.tokenizer_config("pctx", embeddings="text")
-    # The fused vectors are PCA-whitened (a flat spectrum), so each residual level removes less
-    # energy than on raw embeddings (0.85 per level on Scientific); usage and perplexity still apply.
+    # The fused vectors are PCA-whitened (a flat spectrum), so each residual level removes less energy
+    # than on raw embeddings (BENCHMARKS.md, Pctx tokenizer); usage and perplexity limits still apply.
     c.tokenizer.health.max_energy_ratio = -1.0
     c.model = model_config()
-    tiger.apply_budget(c, arg)
-    if arg in ("scientific", "scientific_full"):
-        c.model.augment_prob = 0.9  # the authors' Scientific setting
-    if arg == "scientific":
-        c.model.beam_size = 20  # TIGER's :scientific beam; 5 copies x 20 keeps the final evaluation ~5x TIGER's
-    elif not arg:
-        # Synthetic default: a laptop-sized model (as configs/prism.py) and 64-code levels.
+    c.train.update(tiger.TRAIN)
+    if not arg:
+        # A laptop-sized model (as configs/prism.py) and 64-code levels.
         c.features.cf.train.num_epochs = 10
         c.tokenizer.pctx.codebook_size = 64
-        tiger.use_laptop_model(c)
+        c.model.update(tiger.LAPTOP_MODEL)
         c.model.beam_size = 20
-        c.train.num_epochs = 10
-        c.train.eval_every_epochs = 5
+        c.train.update(num_epochs=10, eval_every_epochs=5)
     elif arg == "tiny":
-        c.features.cf.train.update(num_epochs=1, batch_size=32, warmup_steps=2, log_every_steps=5)
+        common.use_tiny(c)
+        sasrec.shrink_for_tiny(c.features.cf.model, c.features.cf.train)
+        tokenizers.shrink_for_tiny(c.tokenizer)
+        c.model.update(tiger.TINY_MODEL)
         c.model.num_copies = 3
+    elif arg == "scientific":
+        common.use_scientific(c)
+        c.model.item_level_history = True
+        c.train.update(tiger.SCIENTIFIC)
+        c.model.augment_prob = 0.9  # the authors' Scientific setting
+        c.model.beam_size = 20  # TIGER's beam; 5 copies x 20 keeps the final evaluation ~5x TIGER's
+    elif arg == "scientific_full":
+        common.use_scientific(c)
+        c.train.update(tiger.SCIENTIFIC_FULL)
+        c.model.augment_prob = 0.9
     return c

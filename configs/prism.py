@@ -1,15 +1,17 @@
 """PRISM (Fang et al., 2026): semantic IDs from text + CF embeddings and the Integrated Semantic
 Recommender (TIGER's T5 + DSI feature fusion, SSA codebook alignment, ATS temperatures).
 
-Variants as ``configs/tiger.py``: default (synthetic), ``:tiny`` (tests), ``:scientific`` (the
-same CPU budget as TIGER's, for an equal-budget comparison), ``:scientific_full``.
+Variants: default (the README's main job: the whole pipeline on the 1,000-item synthetic catalogue
+with a laptop-sized model), ``:tiny`` (tests), ``:scientific`` (TIGER's CPU budget, for an
+equal-budget comparison), ``:scientific_full`` (TIGER's paper-scale budget).
 Every PRISM component is a switch: ``--config.model.dsi=False``, ``--config.model.ssa=False``,
-``--config.model.ats=False`` give the paper's ablations.
+``--config.model.ats=False``, ``--config.tokenizer.prism.acd=False``, ``--config.tokenizer.prism.hsa=False``
+give the paper's ablations.
 """
 
 import ml_collections
 
-from configs import common, features, tiger, tokenizers
+from configs import common, features, sasrec, tiger, tokenizers
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -35,37 +37,42 @@ def model_config() -> ml_collections.ConfigDict:
     c.ats_k_ref = 50.0
     c.ats_start_level = 0  # levels before this one keep tau = 1
     # Also divide decoding logits by tau (beam search reads the prefix's child count). The paper applies
-    # ATS in training only; on Scientific that train/decode mismatch cost a third of valid NDCG@10
-    # (.0512 vs .0644), so decoding with the trained temperatures is the default (BENCHMARKS.md).
+    # ATS in training only; why decoding with them is the default: BENCHMARKS.md, PRISM ablations.
     c.ats_at_inference = True
     c.ats_mean_center = False  # rescale all temperatures to mean 1 (official option, off by default)
     return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    common.check_variant(arg, ("tiny", "scientific", "scientific_full"))
     c = common.base_config("prism", stages="data,features,tokenize,train,eval")
     c.features = features.features_config(text=True, cf=True)
-    # Purified semantic quantizer (ACD gate + HSA anchors) over text and CF embeddings; ablations:
-    # --config.tokenizer.prism.acd=False / --config.tokenizer.prism.hsa=False.
+    # Purified semantic quantizer (ACD gate + HSA anchors) over text and CF embeddings.
     c.tokenizer = tokenizers.tokenizer_config("prism", embeddings="text+cf")
-    # HSA anchors level 1 to the top categories (25 on Scientific), so fewer level-1 codes are used
-    # (0.77 on Scientific) than the generic 0.9 limit expects; collisions are still checked.
+    # HSA anchors level 1 to the few top categories, so fewer level-1 codes are used than the generic
+    # 0.9 limit expects (BENCHMARKS.md, PRISM quantizer); collisions are still checked.
     c.tokenizer.health.min_usage = 0.5
     c.model = model_config()
-    tiger.apply_budget(c, arg)
+    c.train.update(tiger.TRAIN)
     if not arg:
-        # The README's main job: the whole pipeline on the 1,000-item synthetic catalogue in under 10
-        # minutes on 2 CPU cores. A laptop-sized ISR (2+2 layers, d 64) and 64-code levels; the paper
-        # sizes above are what :scientific trains. The MoE fusion dominates this model's step
-        # (bench/train_throughput.py --model prism), hence 5 epochs (395 steps).
+        # Under 10 minutes on 2 CPU cores: the laptop model, 64-code levels, 5 epochs (the MoE fusion
+        # dominates this model's step: bench/train_throughput.py --model prism).
         c.features.cf.train.num_epochs = 10
         c.tokenizer.prism.codebook_size = 64
-        tiger.use_laptop_model(c)
+        c.model.update(tiger.LAPTOP_MODEL)
         c.model.expert_dim = 128
-        c.train.num_epochs = 5
-        c.train.eval_every_epochs = 5
+        c.train.update(num_epochs=5, eval_every_epochs=5)
     elif arg == "tiny":
-        c.features.cf.model.update(embed_dim=16, mlp_dim=32)
-        c.features.cf.train.update(num_epochs=1, batch_size=32, warmup_steps=2, log_every_steps=5)
+        common.use_tiny(c)
+        sasrec.shrink_for_tiny(c.features.cf.model, c.features.cf.train)
+        tokenizers.shrink_for_tiny(c.tokenizer)
+        c.model.update(tiger.TINY_MODEL)
         c.model.expert_dim = 32
+    elif arg == "scientific":
+        common.use_scientific(c)
+        c.model.item_level_history = True
+        c.train.update(tiger.SCIENTIFIC)
+    elif arg == "scientific_full":
+        common.use_scientific(c)
+        c.train.update(tiger.SCIENTIFIC_FULL)
     return c

@@ -1,6 +1,8 @@
 """Tokenize only: MiniLM item text -> residual k-means semantic IDs + health report.
 
     python -m gr_jax.main --config=configs/rqkmeans.py:scientific --config.tokenizer.rq_kmeans.residual=tangent
+
+Variants as ``configs/rqvae.py``.
 """
 
 import ml_collections
@@ -9,7 +11,4 @@ from configs import rqvae
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = rqvae.get_config(arg)
-    c.name = "rqkmeans"
-    c.tokenizer.name = "rq_kmeans"
-    return c
+    return rqvae.tokenize_config("rqkmeans", "rq_kmeans", arg)

@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gr_jax.config_schema import check_choice
 from gr_jax.decoding.beam_search import beam_search, free_children
 from gr_jax.models.two_tower import info_nce_with_negatives
 from gr_jax.ops import NEG_INF, l2_normalize
@@ -192,14 +193,10 @@ def route_beams(module: CRBR, params: dict, query_states: jax.Array, beam_size: 
     return module.apply({"params": params}, query_states, beam_size, method=CRBR.beam_search)
 
 
-ALIGNMENT_LAYERS = ("every", "last")
-
-
 def alignment_loss(states: jax.Array, positives: jax.Array, layers: str = "every") -> jax.Array:
     """``Σ_l ‖v_l − î⁺‖²`` over states ``[B, L, E]``, ``î⁺`` the L2-normalised positive ``[B, E]``; batch
     mean. ``layers="last"`` aligns only the final state v_L (the partial states are left free)."""
-    if layers not in ALIGNMENT_LAYERS:
-        raise ValueError(f"model.alignment_layers={layers!r}; expected one of {ALIGNMENT_LAYERS}")
+    check_choice("model.alignment_layers", layers)
     states = states if layers == "every" else states[:, -1:]
     return jnp.mean(jnp.sum((states - l2_normalize(positives)[:, None]) ** 2, (1, 2)))
 

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gr_jax.config_schema import check_choice
 from gr_jax.decoding.trie import Trie
 from gr_jax.models.layers.dropout import Dropout, hash_bits
 from gr_jax.models.layers.structs import from_config
@@ -64,7 +65,6 @@ from gr_jax.models.tiger import Tiger, TigerRecommender, token_nll
 from gr_jax.ops import l2_normalize
 from gr_jax.tokenizers.sid_table import SIDTable
 
-FUSIONS = ("moe", "gate")
 SOURCES = 3  # code embedding, projected text, projected CF
 _xavier_half = nn.initializers.variance_scaling(0.25, "fan_avg", "uniform")  # xavier_uniform, gain 0.5
 
@@ -305,8 +305,7 @@ class Prism(Tiger):
     ssa_dim: int = 32  # codebook vector size
 
     def __post_init__(self):
-        if self.dsi_fusion not in FUSIONS:
-            raise ValueError(f"model.dsi_fusion={self.dsi_fusion!r}; expected one of {FUSIONS}")
+        check_choice("model.dsi_fusion", self.dsi_fusion)
         super().__post_init__()
 
     def setup(self):

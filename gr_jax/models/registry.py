@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
+from gr_jax.config_schema import check_choice
 from gr_jax.models.recommender import Recommender
 
 if TYPE_CHECKING:
@@ -90,10 +91,8 @@ MODELS: dict[str, Entry] = {
 
 
 def entry(config: ml_collections.ConfigDict) -> Entry:
-    name = config.model.name
-    if name not in MODELS:
-        raise ValueError(f"config.model.name={name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name]
+    check_choice("model.name", config.model.name)
+    return MODELS[config.model.name]
 
 
 def build(config: ml_collections.ConfigDict, artifacts: Artifacts, pretrained_qformer: dict | None = None):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.ops import NEG_INF
@@ -83,6 +84,7 @@ class SASRec(nn.Module):
 def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array,
             kind: str, num_negatives: int) -> jax.Array:
     """Mean next-item loss of user vectors ``[B, D]`` against the item table ``[N, D]``."""
+    check_choice("model.loss", kind)
     if kind == "ce":
         logits = user @ items.T
         return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[:, None], -1)[:, 0])
@@ -93,13 +95,8 @@ def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array
     if kind == "sampled_softmax":
         logits = jnp.concatenate([pos[:, None], neg], -1)
         return jnp.mean(jax.nn.logsumexp(logits, -1) - pos)
-    if kind == "bce":
-        neg_loss = jnp.where(negatives == target[:, None], 0.0, jax.nn.softplus(neg))
-        return jnp.mean(jax.nn.softplus(-pos) + neg_loss.sum(-1))
-    raise ValueError(f"model.loss={kind!r}; expected ce | sampled_softmax | bce")
-
-
-CONTRASTIVE_MODES = ("none", "unsupervised", "supervised")
+    neg_loss = jnp.where(negatives == target[:, None], 0.0, jax.nn.softplus(neg))  # bce
+    return jnp.mean(jax.nn.softplus(-pos) + neg_loss.sum(-1))
 
 
 def contrastive_loss(a: jax.Array, b: jax.Array, targets: jax.Array, temperature: float) -> jax.Array:
@@ -126,8 +123,7 @@ class SASRecRecommender(TrainableRecommender):
         self.contrastive = model_config.contrastive
         self.contrastive_weight = model_config.contrastive_weight
         self.contrastive_temperature = model_config.contrastive_temperature
-        if self.contrastive not in CONTRASTIVE_MODES:
-            raise ValueError(f"model.contrastive={self.contrastive!r}; expected one of {CONTRASTIVE_MODES}")
+        check_choice("model.contrastive", self.contrastive)
         self.needs_partner = self.contrastive == "supervised"
 
     def init(self, rng: jax.Array, batch: dict) -> dict:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.recommender import IndexRetriever
 from gr_jax.models.sasrec import SelfAttentionBlock
@@ -40,15 +41,11 @@ from gr_jax.ops import NEG_INF, l2_normalize
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import retrieve
 
-FEATURE_SOURCES = ("text", "cf")
-
-
 def item_feature_table(model_config: ml_collections.ConfigDict, features) -> np.ndarray:
     """Frozen item features ``[N, F]``: the sources named by ``model.item_features`` ("text",
     "cf" or "text+cf"), each row L2-normalised (so each source weighs the same), concatenated."""
-    names = [s.strip() for s in model_config.item_features.split("+") if s.strip()]
-    if not names or any(n not in FEATURE_SOURCES for n in names):
-        raise ValueError(f"model.item_features={model_config.item_features!r}; expected 'text', 'cf' or 'text+cf'")
+    check_choice("model.item_features", model_config.item_features)
+    names = model_config.item_features.split("+")
     if features is None:
         raise ValueError(f"model {model_config.name!r} reads item features: add the features stage to "
                          f"config.stages (with features.{' and features.'.join(names)} enabled)")

@@ -64,12 +64,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.structs import LayerConfig
 from gr_jax.models.layers.t5 import CrossAttention, FeedForward, KeyValues, RMSNorm, SelfAttention, proj
 from gr_jax.ops import NEG_INF, l2_normalize
-
-HISTORY_READS = ("first", "every")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QFormerConfig(LayerConfig):
@@ -87,8 +85,7 @@ class QFormerConfig(LayerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.history_read not in HISTORY_READS:
-            raise ValueError(f"model.history_read={self.history_read!r}; expected one of {HISTORY_READS}")
+        check_choice("model.history_read", self.history_read)
 
 
 @flax.struct.dataclass

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gr_jax import config_schema
 from gr_jax.data import tfds_builder
 from gr_jax.data.dataset import Dataset
 from gr_jax.evaluation.evaluator import evaluate, format_table
@@ -275,6 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Artifacts:
     if "://" in workdir:
         raise ValueError(f"--workdir={workdir} is a URL; gr_jax writes through the local filesystem, so use a "
                          f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
+    config_schema.validate(config)
     names = parse_stages(config.stages)
     artifacts = Artifacts(config, workdir)
     check_inputs(names, artifacts)

@@ -22,21 +22,16 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from gr_jax.config_schema import check_choice
 from gr_jax.data.dataset import Dataset
 from gr_jax.stages.features import Features
 from gr_jax.tokenizers import collisions, health, pctx_tokenizer
 from gr_jax.tokenizers.sid_table import SIDTable
 
-TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
-COLLISION_MODES = ("dedup_digit", "reassign", "none")
-
-
 def input_embeddings(features: Features, spec: str) -> np.ndarray:
     """``'text'``, ``'cf'`` or ``'text+cf'`` (each part L2-normalised, then concatenated)."""
-    parts = [p.strip() for p in spec.split("+") if p.strip()]
-    if not parts:
-        raise ValueError(f"tokenizer.input={spec!r}; expected text, cf or text+cf")
-    arrays = [features.get(p) for p in parts]
+    check_choice("tokenizer.input", spec)
+    arrays = [features.get(p) for p in spec.split("+")]
     if len(arrays) == 1:
         return arrays[0]
     return np.concatenate([a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays], 1)
@@ -117,10 +112,9 @@ def fit_tokenizer(x: np.ndarray, tok: ml_collections.ConfigDict) -> TokenizerFit
     """Fits ``tok.name`` (rq_vae | rq_kmeans) with its sub-config on embeddings ``x`` (``prism``
     needs the dataset too: ``fit_prism``)."""
     fits = {"rq_vae": _fit_rq_vae, "rq_kmeans": _fit_rq_kmeans}
-    if tok.name == "prism":
-        raise ValueError("tokenizer.name='prism' reads text, cf, popularity and categories; use fit_prism")
     if tok.name not in fits:
-        raise ValueError(f"tokenizer.name={tok.name!r}; expected one of {TOKENIZERS}")
+        raise ValueError(f"tokenizer.name={tok.name!r} is not fitted on one embedding table; expected one of "
+                         f"{tuple(fits)} (prism: fit_prism; pctx: tokenize_personalized)")
     return fits[tok.name](x, tok[tok.name])
 
 
@@ -131,9 +125,8 @@ def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.nda
         if last_level_costs is None:
             raise ValueError("tokenizer.collisions='reassign' needs last-level costs; use rq_kmeans or dedup_digit")
         return collisions.reassign_last_level(codes, last_level_costs())
-    if mode == "none":
-        return codes
-    raise ValueError(f"tokenizer.collisions={mode!r}; expected one of {COLLISION_MODES}")
+    check_choice("tokenizer.collisions", mode)
+    return codes
 
 
 def sid_table_from_fit(fit: TokenizerFit, tok: ml_collections.ConfigDict) -> SIDTable:

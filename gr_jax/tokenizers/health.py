@@ -27,6 +27,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
+from gr_jax.tokenizers.configs import HealthThresholds
+
+
 class CodebookHealthError(ValueError):
     """The semantic-ID codebooks fail a health check; the message names each check and its fix."""
 
@@ -57,18 +60,6 @@ class HealthReport:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class HealthThresholds:
-    """Limits for ``check_health``; None disables a check."""
-
-    min_usage: float | None = 0.9
-    min_perplexity_fraction: float | None = 0.1  # perplexity / K
-    max_energy_ratio: float | None = 0.8
-    max_collision_rate: float | None = 0.1
-    max_recon_error: float | None = None
-    max_count_cv: float | None = None
 
 
 def _level_health(level: int, codes: np.ndarray, k: int, energy: Sequence[float] | None) -> LevelHealth:

@@ -37,33 +37,8 @@ import dataclasses
 import numpy as np
 
 from gr_jax.tokenizers import collisions
+from gr_jax.tokenizers.configs import PctxConfig
 from gr_jax.tokenizers.sid_table import SIDTable
-
-
-@dataclasses.dataclass(frozen=True)
-class PctxConfig:
-    """Every knob of the personalized tokenizer; defaults are the paper's Scientific settings."""
-
-    personalized: bool = True  # False: one centroid (one SID) per item, the static ablation
-    num_groups: int = 10  # T quantile groups of interaction counts
-    first_centroids: int = 2  # centroids of group 0 ("start")
-    centroid_step: int = 3  # extra centroids per group ("d")
-    gamma_shape: float = 4.5  # k of the gamma pdf giving the group shares
-    kmeans_iters: int = 30
-    context_pca_dim: int = 64
-    text_pca_dim: int = 128
-    alpha: float = 0.5  # weight of the context part of the fused vector
-    num_levels: int = 3
-    codebook_size: int = 256
-    rq_iters: int = 50
-    merge_threshold: float = 0.2  # tau; 0 keeps every SID (the no-merging ablation)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.num_groups < 1 or self.first_centroids < 1 or self.centroid_step < 0:
-            raise ValueError(f"need num_groups >= 1, first_centroids >= 1, centroid_step >= 0; got {self}")
-        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.merge_threshold < 1.0:
-            raise ValueError(f"need alpha in [0, 1] and merge_threshold in [0, 1); got {self}")
 
 
 def group_shares(num_groups: int, gamma_shape: float) -> np.ndarray:

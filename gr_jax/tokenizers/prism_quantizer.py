@@ -86,48 +86,9 @@ import numpy as np
 
 from gr_jax.ops import l2_normalize
 from gr_jax.tokenizers import rq_vae
+from gr_jax.tokenizers.configs import PrismConfig
 
 _EPS = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class PrismConfig(rq_vae.RQVAEConfig):
-    """Every knob of the PSQ, paper / SPEC defaults: the RQ-VAE's architecture and training fields
-    (SPEC: 3 x 256, code dim 32, beta 0.25) plus the fields below. ``acd`` and ``hsa`` switch the
-    modules independently; with both off the model is an RQ-VAE on ``[e_text ; e_cf]`` with dual heads."""
-
-    dropout: float = 0.1  # encoder/decoder hidden layers
-    normalize_input: bool = True  # L2-normalise e_text and e_cf before fusion and as targets
-    recon_loss: str = "cosine"  # cosine | mse, per decoder head
-    text_recon_weight: float = 1.0
-    cf_recon_weight: float = 1.0
-    # Per level ||sg(r) - c||^2 + beta ||r - sg(c)||^2, averaged over the code dimension (mean, as the authors'
-    # F.mse_loss) or summed (sum, as rq_vae). With the LayerNorm encoder (latent norm ~4) and cosine
-    # reconstruction, sum outweighs the reconstruction ~30x and the codes collapse (measured on Scientific).
-    quant_loss_reduction: str = "mean"
-    # ACD: gate g = sigmoid(MLP(e_cf)), z = LN([e_text ; g * e_cf]), popularity supervision.
-    acd: bool = True
-    gate_hidden: int = 128
-    gate_dropout: float = 0.2
-    acd_weight: float = 0.8  # lambda_ACD
-    gate_var_floor: float = 0.04  # ReLU(floor - Var(mean gate))
-    gate_var_weight: float = 0.5
-    # HSA: anchors per RQ layer (layer l <-> category level l + 1) and tag classification.
-    hsa: bool = True
-    hsa_weight: float = 0.2  # lambda_HSA
-    tag_level_offset: int = -1  # path index of layer 0's tags; -1: skip leading levels with one value
-    tag_embedding: str = "mean_text"  # mean_text (mean item text per tag, fixed) | learned
-    learned_tag_dim: int = 64  # tag_embedding=learned: width of the trainable tag tables
-    anchor_temperature: float = 0.15
-    anchor_distance_weight: float = 1.0  # SmoothL1 term
-    anchor_kl_weight: float = 0.5
-    anchor_ema_decay: float = 0.98
-    anchor_target_entropy_ratio: float = 0.35  # target entropy = ratio * log K
-    anchor_scale_min: float = 0.25
-    anchor_scale_max: float = 1.5
-    class_weight: float = 1.0  # classification loss inside L_HSA
-    class_hidden: int = 0  # 0: max(2 * input width, 128)
-    class_dropout: float = 0.1
 
 
 # ----------------------------------------------------------------------------- per-item side inputs
@@ -358,8 +319,6 @@ class PrismQuantizer(nn.Module):
         recon_text = rq_vae.reconstruction_loss(inputs["text_target"], text_hat, c.recon_loss)
         recon_cf = rq_vae.reconstruction_loss(inputs["cf_target"], cf_hat, c.recon_loss)
         recon = c.text_recon_weight * recon_text + c.cf_recon_weight * recon_cf
-        if c.quant_loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"quant_loss_reduction={c.quant_loss_reduction!r}; expected mean or sum")
         quant = out["level_losses"].sum() / (c.code_dim if c.quant_loss_reduction == "mean" else 1)
         loss = recon + quant
         metrics = {"recon_loss": recon, "recon_text": recon_text, "recon_cf": recon_cf, "quant_loss": quant,
@@ -415,8 +374,6 @@ class PrismQuantizer(nn.Module):
 def build_prism_quantizer(config: PrismConfig, text_dim: int, cf_dim: int,
                           num_tags: Sequence[int] = ()) -> PrismQuantizer:
     learned = config.tag_embedding == "learned"
-    if config.tag_embedding not in ("mean_text", "learned"):
-        raise ValueError(f"tag_embedding={config.tag_embedding!r}; expected mean_text or learned")
     config = dataclasses.replace(config, hidden_dims=tuple(config.hidden_dims))
     tags = tuple(int(n) for n in num_tags) if config.hsa else ()
     tag_dim = (config.learned_tag_dim if learned else text_dim) if config.hsa else 0

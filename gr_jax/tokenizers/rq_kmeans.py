@@ -24,34 +24,9 @@ import numpy as np
 
 from gr_jax.tokenizers.health import HealthReport, compute_health
 from gr_jax.ops import l2_normalize
+from gr_jax.tokenizers.configs import RQKMeansConfig
 from gr_jax.tokenizers.kmeans import kmeans, nearest_centroid, squared_distances
 from gr_jax.tokenizers.sid_table import SIDTable
-
-RESIDUALS = ("euclidean", "tangent")
-
-
-@dataclasses.dataclass(frozen=True)
-class RQKMeansConfig:
-    """Residual k-means settings; level ``l`` uses seed ``seed + l``."""
-
-    num_levels: int = 3
-    codebook_size: int = 256
-    residual: str = "euclidean"  # "euclidean" or "tangent"
-    balanced: bool = False
-    num_iters: int = 50
-    normalize_input: bool = True  # L2-normalize each input row before quantizing
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.residual not in RESIDUALS:
-            raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
-        if self.num_levels < 1 or self.codebook_size < 1 or self.num_iters < 0:
-            raise ValueError(f"need num_levels >= 1, codebook_size >= 1 and num_iters >= 0, got {self}")
-
-    @property
-    def tangent(self) -> bool:
-        return self.residual == "tangent"
-
 
 def _residual_update(r: np.ndarray, centroid: np.ndarray, tangent: bool) -> tuple[np.ndarray, np.ndarray]:
     """Next residual and the scale ``[N]`` applied to each row's assigned ``centroid``."""

@@ -39,39 +39,11 @@ import numpy as np
 import optax
 
 from gr_jax.ops import l2_normalize
+from gr_jax.tokenizers.configs import RQVAEConfig
 
 Params = Any
 Outputs = dict[str, jax.Array]
 ExtraLossFn = Callable[[Params, Mapping[str, jax.Array], Outputs], tuple[jax.Array, dict[str, jax.Array]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class RQVAEConfig:
-    """TIGER architecture and loss; the optimizer (Adagrad in TIGER) is configurable.
-
-    CPU budget: ``num_epochs=200`` is 800 steps on ~4.3k items at batch 1024, about 0.06 CPU-s
-    per step for 384-d inputs (~1 min on 2 idle cores). ``reset_every=0`` disables dead-code
-    resets; otherwise codes unused over the last ``reset_every`` steps are reset."""
-
-    hidden_dims: tuple[int, ...] = (512, 256, 128)
-    code_dim: int = 32
-    num_levels: int = 3
-    codebook_size: int = 256
-    beta: float = 0.25
-    optimizer: str = "adamw"  # adamw | adam | adagrad | sgd
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    num_epochs: int = 200
-    dropout: float = 0.0
-    reset_every: int = 50
-    seed: int = 0
-    kmeans_init: bool = True
-    kmeans_init_samples: int = 8192
-    kmeans_iters: int = 25
-    normalize_input: bool = False
-    recon_loss: str = "mse"  # mse | cosine
-    encode_batch_size: int = 4096
 
 
 class ResidualQuantizer(nn.Module):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from gr_jax.config_schema import check_choice
+
 
 def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     warmup = min(train.warmup_steps, max(total_steps - 1, 0))
@@ -14,8 +16,7 @@ def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -
         "linear": optax.linear_schedule(train.learning_rate, 0.0, decay_steps),
         "constant": optax.constant_schedule(train.learning_rate),
     }
-    if train.schedule not in after:
-        raise ValueError(f"train.schedule={train.schedule!r}; expected one of {sorted(after)}")
+    check_choice("train.schedule", train.schedule)
     warm = optax.linear_schedule(train.learning_rate / max(warmup, 1), train.learning_rate, max(warmup, 1))
     return optax.join_schedules([warm, after[train.schedule]], [warmup])
 

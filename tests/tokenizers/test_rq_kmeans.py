@@ -82,5 +82,5 @@ def test_last_level_reassignment_on_fitted_codes():
 
 
 def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="residual must be one of"):
+    with pytest.raises(ValueError, match="residual=.cosine.; expected one of euclidean, tangent"):
         RQKMeansConfig(residual="cosine")

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("hash", "threefry")
+from gr_jax.config_schema import check_choice
+
 
 
 def fmix32(x: jax.Array) -> jax.Array:
@@ -53,8 +54,7 @@ class Dropout(nn.Module):
     impl: str = "hash"
 
     def __post_init__(self):
-        if self.impl not in IMPLEMENTATIONS:
-            raise ValueError(f"dropout impl {self.impl!r}; expected one of {IMPLEMENTATIONS}")
+        check_choice("model.dropout_impl", self.impl)
         super().__post_init__()
 
     @nn.compact

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from gr_jax.models.layers.dropout import IMPLEMENTATIONS
+from gr_jax.config_schema import check_choice
 
 T = TypeVar("T")
 
@@ -34,8 +34,7 @@ class LayerConfig:
     dropout_impl: str = "hash"  # hash (fast) | threefry (reference)
 
     def __post_init__(self):
-        if self.dropout_impl not in IMPLEMENTATIONS:
-            raise ValueError(f"model.dropout_impl={self.dropout_impl!r}; expected one of {IMPLEMENTATIONS}")
+        check_choice("model.dropout_impl", self.dropout_impl)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout}; expected a rate in [0, 1)")
 

@@ -1,0 +1,80 @@
+"""Every string option of the configs with its valid values, checked when a config is loaded.
+
+One home for the choices: the modules that implement an option check it with ``check_choice``
+too, so library users get the same message. Importing this module needs no JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr")
+TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
+FEATURE_SOURCES = ("text", "cf", "text+cf")
+
+# A config path matches the longest key that ends it (``features.cf.model.loss`` -> ``model.loss``).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("synthetic", "lcrec", "amazon"),
+    "train.schedule": ("cosine", "linear", "constant"),
+    "eval.index": ("exact", "scann"),
+    "model.name": MODEL_NAMES,
+    "model.loss": ("ce", "sampled_softmax", "bce"),
+    "model.contrastive": ("none", "unsupervised", "supervised"),
+    "model.dropout_impl": ("hash", "threefry"),
+    "model.dsi_fusion": ("moe", "gate"),
+    "model.history_read": ("first", "every"),
+    "model.item_features": FEATURE_SOURCES,
+    "model.alignment_layers": ("every", "last"),
+    "tokenizer.name": TOKENIZERS,
+    "tokenizer.input": FEATURE_SOURCES,
+    "tokenizer.collisions": ("dedup_digit", "reassign", "none"),
+    "optimizer": ("adamw", "adam", "adagrad", "sgd"),
+    "recon_loss": ("mse", "cosine"),
+    "residual": ("euclidean", "tangent"),
+    "quant_loss_reduction": ("mean", "sum"),
+    "tag_embedding": ("mean_text", "learned"),
+}
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the code cannot run; the message names the field and the fix."""
+
+
+def choices(path: str) -> tuple[str, ...] | None:
+    """The valid values of the field at dotted ``path``, or None when it is not a string option."""
+    parts = path.split(".")
+    for start in range(len(parts)):
+        key = ".".join(parts[start:])
+        if key in CHOICES:
+            return CHOICES[key]
+    return None
+
+
+def check_choice(path: str, value: Any) -> None:
+    """Raises ``ConfigError`` unless ``value`` is one of the choices of ``path``."""
+    valid = choices(path)
+    if valid is not None and value not in valid:
+        raise ConfigError(f"{path}={value!r}; expected one of {', '.join(valid)}")
+
+
+def _leaves(section: Any, prefix: str = ""):
+    for key, value in section.items():
+        path = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def validate(config: Any) -> None:
+    """Checks every string option of a loaded ``ml_collections.ConfigDict`` and that the
+    tokenizer it names has its settings section."""
+    for path, value in _leaves(config):
+        check_choice(path, value)
+    tokenizer = config.get("tokenizer")
+    if tokenizer is not None and tokenizer.name != "index_json" and tokenizer.name not in tokenizer:
+        present = [name for name in TOKENIZERS if name in tokenizer]
+        raise ConfigError(f"tokenizer.name={tokenizer.name!r}, but this config only carries the settings of "
+                          f"{present}; use the system config that fits (e.g. configs/rqkmeans.py), or train on "
+                          f"another run's SIDs with tokenizer.name='index_json' and tokenizer.index_json=<its "
+                          f"tokenize/index.json>")
