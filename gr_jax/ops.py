@@ -13,3 +13,11 @@ NEG_INF = -1e9
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Rows of ``x`` scaled to unit L2 norm along the last axis (zero rows stay zero)."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Squared euclidean distances ``[N, K]`` between the rows of ``x [N, D]`` and ``y [K, D]``
+    (full-precision matmul, so argmins agree on every backend; clipped at 0)."""
+    xx = jnp.sum(x * x, axis=-1, keepdims=True)
+    yy = jnp.sum(y * y, axis=-1)
+    return jnp.maximum(xx - 2.0 * jnp.dot(x, y.T, precision=jax.lax.Precision.HIGHEST) + yy, 0.0)

@@ -60,10 +60,11 @@ class TokenizerFit:
 
 
 def _fit_rq_vae(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFit:
-    from gr_jax.tokenizers import rq_vae
+    from gr_jax.tokenizers.configs import RQVAEConfig
+    from gr_jax.tokenizers.rq_vae_training import fit_rq_vae
 
     tic = time.time()
-    result = rq_vae.fit_rq_vae(x, rq_vae.RQVAEConfig(**cfg.to_dict()))
+    result = fit_rq_vae(x, RQVAEConfig(**cfg.to_dict()))
     energy = residual_energy(result.latents, result.codes, result.codebooks)
     # Relative quantisation error in the latent space (the decoder's error is in final_loss).
     return TokenizerFit(result.codes, result.codebooks, energy, float(energy[-1] / energy[0]), None,

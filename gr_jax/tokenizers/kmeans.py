@@ -1,10 +1,14 @@
-"""K-means in JAX: seeded k-means++ init, jitted Lloyd iterations, balanced and spherical modes.
+"""K-means in JAX, the one implementation of every tokenizer: RQ-KMeans levels, the RQ-VAE's
+codebook initialisation and Pctx's per-item context clusters.
 
-* Seeding is greedy k-means++ (see ``_kmeans_pp``), deterministic for a given ``seed``.
+* Seeding is greedy k-means++ (see ``_kmeans_pp``), deterministic for a given seed.
 * Lloyd iterations run in one jitted ``lax.while_loop`` that stops early once assignments stop
   changing; a final assignment step makes the returned assignment match the returned centroids.
 * Empty clusters are re-seeded, after each update, to the points farthest from their assigned
   centroids (the i-th empty cluster takes the i-th farthest point).
+* ``weights`` (0 or 1 per point) leave zero-weight points out of seeding, means and re-seeding:
+  ``kmeans_groups`` pads many small problems to a few shapes that way and solves each shape's
+  problems in one vmapped call (Pctx: thousands of items, each its own k-means).
 * ``balanced=True`` uses a capacity-constrained greedy assignment: every cluster holds at most
   ``ceil(N / K)`` points; points are visited in decreasing order of regret (cost gap between their
   nearest and second-nearest centroid) and each takes its nearest centroid that still has room.
@@ -15,7 +19,8 @@
 * ``N < k`` raises ``ValueError`` rather than capping ``k``, which would silently change codebook
   shapes downstream.
 
-The distance matrix is materialized (``N × K`` floats).
+The distance matrix is materialized (``N × K`` floats). ``tests/tokenizers/test_kmeans.py`` checks
+the Lloyd iterations against a plain NumPy reference.
 """
 
 from __future__ import annotations
@@ -25,23 +30,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from gr_jax.ops import l2_normalize
-
-_EPS = 1e-12
-_HIGHEST = lax.Precision.HIGHEST
+from gr_jax.ops import l2_normalize, squared_distances
 
 
-def squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
-    """Squared euclidean distances ``[N, K]`` between rows of ``x`` and ``centroids``."""
-    xx = jnp.sum(x * x, axis=1, keepdims=True)
-    cc = jnp.sum(centroids * centroids, axis=1)
-    return jnp.maximum(xx - 2.0 * jnp.dot(x, centroids.T, precision=_HIGHEST) + cc, 0.0)
-
-
-def _kmeans_pp(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
-    """Greedy k-means++ seeding.
+def _kmeans_pp(key: jax.Array, x: jax.Array, k: int, weights: jax.Array) -> jax.Array:
+    """Greedy k-means++ seeding over the points of weight 1.
 
     Each step draws ``2 + floor(ln k)`` candidate points with probability ∝ squared distance to the
     chosen centroids (inverse-CDF sampling from one block of uniforms) and keeps the candidate that
@@ -49,15 +45,16 @@ def _kmeans_pp(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
     """
     n = x.shape[0]
     uniforms = jax.random.uniform(key, (k, 2 + int(math.log(k))))
-    first = x[jnp.minimum((uniforms[0, 0] * n).astype(jnp.int32), n - 1)]
+    count = jnp.cumsum(weights)
+    first = x[jnp.minimum(jnp.searchsorted(count, uniforms[0, 0] * count[-1], side="right"), n - 1)]
     centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
-    dist = jnp.sum((x - first) ** 2, axis=1)
+    dist = jnp.sum((x - first) ** 2, axis=1) * weights
 
     def body(i, state):
         centroids, dist = state
         cdf = jnp.cumsum(dist)
         candidates = jnp.minimum(jnp.searchsorted(cdf, uniforms[i] * cdf[-1], side="right"), n - 1)
-        new_dist = jnp.minimum(dist, squared_distances(x, x[candidates]).T)
+        new_dist = jnp.minimum(dist, squared_distances(x, x[candidates]).T * weights)
         best = jnp.argmin(jnp.sum(new_dist, axis=1))
         return centroids.at[i].set(x[candidates[best]]), new_dist[best]
 
@@ -90,20 +87,21 @@ def _assign(x: jax.Array, centroids: jax.Array, balanced: bool) -> tuple[jax.Arr
     return assignment, jnp.take_along_axis(cost, assignment[:, None], axis=1)[:, 0]
 
 
-def _update(x: jax.Array, assignment: jax.Array, point_cost: jax.Array, k: int, spherical: bool) -> jax.Array:
-    """Cluster means; empty clusters re-seeded to the points farthest from their centroids."""
-    counts = jnp.zeros(k, jnp.int32).at[assignment].add(1)
-    means = jax.ops.segment_sum(x, assignment, k) / jnp.maximum(counts, 1)[:, None].astype(x.dtype)
+def _update(x: jax.Array, assignment: jax.Array, point_cost: jax.Array, k: int, spherical: bool,
+            weights: jax.Array | None = None) -> jax.Array:
+    """Weighted cluster means; empty clusters re-seeded to the points farthest from their centroids."""
+    weights = jnp.ones(x.shape[0], x.dtype) if weights is None else weights
+    counts = jax.ops.segment_sum(weights, assignment, k)
+    means = jax.ops.segment_sum(x * weights[:, None], assignment, k) / jnp.maximum(counts, 1)[:, None]
     if spherical:
         means = l2_normalize(means)
     empty = counts == 0
-    farthest = lax.top_k(point_cost, k)[1]
+    farthest = lax.top_k(point_cost * weights, k)[1]
     reseed = x[farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)]]
     return jnp.where(empty[:, None], reseed, means)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "balanced", "spherical"))
-def _fit(x: jax.Array, key: jax.Array, num_iters: jax.Array, *, k: int, balanced: bool,
+def _fit(x: jax.Array, weights: jax.Array, key: jax.Array, num_iters: jax.Array, k: int, balanced: bool,
          spherical: bool) -> tuple[jax.Array, jax.Array]:
     def cond(state):
         it, _, _, changed = state
@@ -112,12 +110,16 @@ def _fit(x: jax.Array, key: jax.Array, num_iters: jax.Array, *, k: int, balanced
     def body(state):
         it, centroids, previous, _ = state
         assignment, point_cost = _assign(x, centroids, balanced)
-        centroids = _update(x, assignment, point_cost, k, spherical)
-        return it + 1, centroids, assignment, jnp.any(assignment != previous)
+        centroids = _update(x, assignment, point_cost, k, spherical, weights)
+        return it + 1, centroids, assignment, jnp.any((assignment != previous) & (weights > 0))
 
-    init = (jnp.int32(0), _kmeans_pp(key, x, k), jnp.full(x.shape[0], -1, jnp.int32), jnp.bool_(True))
+    init = (jnp.int32(0), _kmeans_pp(key, x, k, weights), jnp.full(x.shape[0], -1, jnp.int32), jnp.bool_(True))
     _, centroids, _, _ = lax.while_loop(cond, body, init)
     return centroids, _assign(x, centroids, balanced)[0]
+
+
+_fit_one = jax.jit(_fit, static_argnames=("k", "balanced", "spherical"))
+_fit_many = jax.jit(jax.vmap(_fit, in_axes=(0, 0, 0, None, None, None, None)), static_argnums=(4, 5, 6))
 
 
 def kmeans(x, k: int, *, num_iters: int = 50, seed: int = 0, balanced: bool = False,
@@ -136,7 +138,36 @@ def kmeans(x, k: int, *, num_iters: int = 50, seed: int = 0, balanced: bool = Fa
                          f"codebook size or more items")
     if spherical:
         x = l2_normalize(x)
-    return _fit(x, jax.random.key(seed), jnp.int32(num_iters), k=k, balanced=balanced, spherical=spherical)
+    return _fit_one(x, jnp.ones(x.shape[0], jnp.float32), jax.random.key(seed), jnp.int32(num_iters), k=k,
+                    balanced=balanced, spherical=spherical)
+
+
+def kmeans_groups(groups: list[np.ndarray], ks: list[int], *, num_iters: int = 50,
+                  seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Independent k-means of many small point sets (``groups[i]`` ``[n_i, D]`` with ``ks[i] <= n_i``
+    clusters): (centroids ``[k_i, D]``, assignment ``[n_i]``) each.
+
+    Problems are padded (zero-weight rows) to the next power of two and solved in one vmapped call
+    per (padded size, k); problem ``i`` is seeded by ``fold_in(seed, i)``, so results do not depend
+    on how problems are grouped.
+    """
+    results: list = [None] * len(groups)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, (points, k) in enumerate(zip(groups, ks)):
+        if not 1 <= k <= len(points):
+            raise ValueError(f"group {i}: k={k} clusters for {len(points)} points")
+        buckets.setdefault((1 << max(len(points) - 1, 0).bit_length(), k), []).append(i)
+    root = jax.random.key(seed)
+    for (size, k), members in buckets.items():
+        x = np.zeros((len(members), size, groups[members[0]].shape[1]), np.float32)
+        weights = np.zeros((len(members), size), np.float32)
+        for row, i in enumerate(members):
+            x[row, :len(groups[i])], weights[row, :len(groups[i])] = groups[i], 1.0
+        keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(members))
+        centroids, assignment = jax.device_get(_fit_many(x, weights, keys, jnp.int32(num_iters), k, False, False))
+        for row, i in enumerate(members):
+            results[i] = (centroids[row], assignment[row, :len(groups[i])])
+    return results
 
 
 @functools.partial(jax.jit, static_argnames=("spherical",))

@@ -8,7 +8,7 @@ which events are training events, and each item's text embedding. Steps (SPEC §
    quantiles of the *distinct* interaction counts, with group shares from a normalised gamma
    pdf evaluated at 1..T; group ``g`` gets ``start + g·step`` centroids, or 1 when the item has
    fewer interactions than that.
-2. **Clustering** (``kmeans_pp``): per-item k-means++ over its training contexts; empty
+2. **Clustering** (``cluster_items``): per-item k-means++ over its training contexts; empty
    clusters are dropped. Items without training events get one centroid: the mean of all
    training contexts (so their SID comes from their text).
 3. **Fusion**: PCA-whitened centroid (``context_pca_dim``) × α next to the PCA-whitened text
@@ -38,6 +38,7 @@ import numpy as np
 
 from gr_jax.tokenizers import collisions
 from gr_jax.tokenizers.configs import PctxConfig
+from gr_jax.tokenizers.kmeans import kmeans_groups
 from gr_jax.tokenizers.sid_table import SIDTable
 
 
@@ -68,36 +69,23 @@ def centroid_counts(interaction_counts: np.ndarray, config: PctxConfig) -> np.nd
     return np.where(active & (counts >= k), k, 1)
 
 
-def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, num_iters: int) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ seeding + Lloyd on a small set ``x [n, D]``; returns (centroids, labels) with empty
-    clusters dropped (so there may be fewer than ``k``).
-
-    NumPy, not ``tokenizers.kmeans``: thousands of items each with its own (n, k) would compile one
-    jitted program per shape, far slower than these few-row problems take to solve."""
-    x = np.asarray(x, np.float64)
-    if k <= 1 or len(x) <= 1:
-        return x.mean(0, keepdims=True), np.zeros(len(x), np.int64)
-    seeds = [int(rng.integers(len(x)))]
-    d2 = np.sum((x - x[seeds[0]]) ** 2, 1)
-    for _ in range(1, k):
-        total = d2.sum()
-        pick = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
-        seeds.append(pick)
-        d2 = np.minimum(d2, np.sum((x - x[pick]) ** 2, 1))
-    centroids = x[seeds]
-    labels = np.zeros(len(x), np.int64)
-    for _ in range(num_iters):
-        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), 1)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, labels, x)
-        sizes = np.bincount(labels, minlength=k)
-        updated = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centroids)
-        if np.allclose(updated, centroids):
-            break
-        centroids = updated
-    labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), 1)
-    used = np.unique(labels)
-    return centroids[used], np.searchsorted(used, labels)
+def cluster_items(groups: list[np.ndarray], ks: list[int], num_iters: int,
+                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-item k-means (``kmeans.kmeans_groups``) of each item's contexts ``groups[i] [n_i, D]`` into
+    ``ks[i]`` clusters: (centroids, labels) with empty clusters dropped, so there may be fewer than
+    ``ks[i]`` (e.g. identical contexts). ``k = 1`` or a single context: their mean."""
+    many = [i for i, (x, k) in enumerate(zip(groups, ks)) if k > 1 and len(x) > 1]
+    fitted = dict(zip(many, kmeans_groups([groups[i] for i in many], [ks[i] for i in many], num_iters=num_iters,
+                                          seed=seed)))
+    out = []
+    for i, x in enumerate(groups):
+        if i not in fitted:
+            out.append((np.asarray(x, np.float64).mean(0, keepdims=True), np.zeros(len(x), np.int64)))
+            continue
+        centroids, labels = fitted[i]
+        used = np.unique(labels)
+        out.append((np.asarray(centroids[used], np.float64), np.searchsorted(used, labels)))
+    return out
 
 
 def pca_whiten(x: np.ndarray, dim: int) -> np.ndarray:
@@ -171,7 +159,6 @@ def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.nda
         raise ValueError(f"{len(contexts)} contexts, {len(event_items)} event items, {len(train_events)} train flags")
     if not train_events.any():
         raise ValueError("no training events to cluster")
-    rng = np.random.default_rng(config.seed)
     train_ids = np.flatnonzero(train_events)
     counts = np.bincount(event_items[train_ids], minlength=num_items)
     k_per_item = centroid_counts(counts, config)
@@ -179,12 +166,14 @@ def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.nda
     fallback = contexts[train_ids].mean(0)
 
     # 1-2: per-item centroids, in item order; each training event's centroid.
+    active = [item for item in range(num_items) if len(by_item[item])]
+    clusters = dict(zip(active, cluster_items([contexts[by_item[i]] for i in active], [int(k_per_item[i]) for i in active],
+                                              config.kmeans_iters, config.seed)))
     centroids, centroid_item, event_centroid = [], [], np.full(len(contexts), -1, np.int64)
     for item in range(num_items):
-        members = by_item[item]
-        if len(members):
-            c, labels = kmeans_pp(contexts[members], int(k_per_item[item]), rng, config.kmeans_iters)
-            event_centroid[members] = len(centroid_item) + labels
+        if item in clusters:
+            c, labels = clusters[item]
+            event_centroid[by_item[item]] = len(centroid_item) + labels
         else:
             c = fallback[None]
         centroids.append(c)

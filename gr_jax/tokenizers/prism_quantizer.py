@@ -20,7 +20,7 @@ PRISM (arXiv 2601.16556), tokenize stage, as specified in SPEC §3:
   without that tag masked, averaged over the layers that have labels). ``L_HSA = Σ_l anchor_l +
   class_weight · L_cls``, weighted by ``λ_HSA = 0.2``.
 * RQ-VAE 3 × 256 codes of dimension 32, ``β = 0.25``; training (AdamW, k-means init, dead-code
-  reset) is ``rq_vae.fit_rq_vae`` through its module seam.
+  reset) is ``rq_vae_training.fit_rq_vae`` through its module seam.
 
 Facts taken from the authors' code (DengzhaoFang/PRISM-Rec, ``src/sid_tokenizer/prism/``), read for
 formulas and defaults only:
@@ -84,9 +84,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gr_jax.ops import l2_normalize
+from gr_jax.ops import l2_normalize, squared_distances
 from gr_jax.tokenizers import rq_vae
 from gr_jax.tokenizers.configs import PrismConfig
+from gr_jax.tokenizers.rq_vae_training import fit_rq_vae
 
 _EPS = 1e-6
 
@@ -227,7 +228,7 @@ class SemanticAnchors(nn.Module):
                 tags = self.variable("constants", name, jnp.zeros, (n, self.tag_dim)).value
             proj = norm_mlp((2 * self.code_dim,), self.code_dim, name=f"proj_l{layer}")(tags)
             codebook = codebooks[layer]
-            dist = jnp.sqrt(jnp.maximum(rq_vae.squared_distances(proj, codebook), 1e-12))
+            dist = jnp.sqrt(jnp.maximum(squared_distances(proj, codebook), 1e-12))
             probs = jax.nn.softmax(-dist / self.temperature, axis=-1)
             ema = self.variable("hsa_ema", f"assign_l{layer}", jnp.zeros, probs.shape)
             started = self.variable("hsa_ema", f"started_l{layer}", lambda: jnp.zeros((), bool))
@@ -252,7 +253,7 @@ class SemanticAnchors(nn.Module):
 class PrismQuantizer(nn.Module):
     """The PSQ over ``x = [e_text ; e_cf]`` (``text_dim`` + ``cf_dim`` columns). ``aux`` carries
     ``popularity`` ``[B]`` in [0, 1] (for ACD) and ``tags`` ``[B, L]`` int (-1 = none; for HSA).
-    Honours the ``rq_vae.fit_rq_vae`` module contract."""
+    Honours the ``rq_vae_training.fit_rq_vae`` module contract."""
 
     config: PrismConfig
     text_dim: int
@@ -436,7 +437,7 @@ def fit_prism_quantizer(text: np.ndarray, cf: np.ndarray, popularity: np.ndarray
         num_tags = ()
     module = build_prism_quantizer(config, text.shape[1], cf.shape[1], num_tags)
     x = np.concatenate([text, cf], axis=1)
-    result = rq_vae.fit_rq_vae(x, config, module=module, aux=aux, variables=variables,
+    result = fit_rq_vae(x, config, module=module, aux=aux, variables=variables,
                                log_every=log_every)
     gate = result.item_outputs["gate_mean"] if config.acd else None
     return PrismResult(codes=result.codes, codebooks=result.codebooks, latents=result.latents,

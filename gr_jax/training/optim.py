@@ -1,6 +1,9 @@
-"""AdamW with linear warmup, cosine/linear/constant decay and global-norm clipping."""
+"""Optimizers: the trainer's AdamW with linear warmup, cosine/linear/constant decay and global-norm
+clipping, and plain optimizers by name (the tokenizers' fitting loops)."""
 
 from __future__ import annotations
+
+import functools
 
 import ml_collections
 import optax
@@ -27,3 +30,13 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int) -> optax.
         optax.adamw(learning_rate_schedule(train, total_steps), b1=train.b1, b2=train.b2,
                     weight_decay=train.weight_decay),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def named_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """``adamw`` | ``adam`` | ``adagrad`` | ``sgd`` at a constant rate (weight decay: adamw only).
+    Cached, so equal settings give the same (hashable) transformation and share compilations."""
+    check_choice("optimizer", name)
+    if name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=weight_decay)
+    return {"adam": optax.adam, "adagrad": optax.adagrad, "sgd": optax.sgd}[name](learning_rate)

@@ -1,10 +1,30 @@
-"""Tests for JAX k-means: balanced sizes, spherical centroids, empty clusters, seeding, N < k."""
+"""The one k-means: Lloyd iterations against a plain NumPy reference, grouped (padded, vmapped)
+problems against single ones, balanced sizes, spherical centroids, empty clusters, N < k."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gr_jax.tokenizers.kmeans import _update, kmeans, nearest_centroid
+from gr_jax.tokenizers.kmeans import _fit_one, _update, kmeans, kmeans_groups, nearest_centroid
+
+
+def lloyd_reference(x: np.ndarray, centroids: np.ndarray, max_iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain NumPy Lloyd from given centroids: nearest centroid, means, an empty cluster re-seeded to
+    the point farthest from its centroid; stops when the assignment stops changing."""
+    x, centroids = x.astype(np.float64), centroids.astype(np.float64)
+    previous = None
+    for _ in range(max_iters):
+        cost = ((x[:, None] - centroids[None]) ** 2).sum(-1)
+        assignment = cost.argmin(1)
+        if previous is not None and (assignment == previous).all():
+            break
+        counts = np.bincount(assignment, minlength=len(centroids))
+        farthest = np.argsort(-cost[np.arange(len(x)), assignment], kind="stable")
+        means = np.stack([x[assignment == c].mean(0) if counts[c] else x[farthest[(counts[:c] == 0).sum()]]
+                          for c in range(len(centroids))])
+        centroids, previous = means, assignment
+    return centroids, ((x[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
 
 
 def _blobs(num_centres: int, n_per: int, seed: int = 0) -> np.ndarray:
@@ -23,6 +43,33 @@ def test_recovers_separated_blobs_and_is_deterministic():
     again = kmeans(x, 4, seed=3, num_iters=30)
     np.testing.assert_array_equal(centroids, again[0])
     np.testing.assert_array_equal(assignment, again[1])
+
+
+def test_lloyd_iterations_equal_the_numpy_reference_from_the_same_seeds():
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(300, 16)) + np.repeat(rng.normal(size=(6, 16)), 50, axis=0)).astype(np.float32)  # overlapping
+    seeds, _ = kmeans(x, 6, seed=5, num_iters=0)  # the k-means++ seeding alone
+    centroids, assignment = kmeans(x, 6, seed=5, num_iters=100)
+    reference, reference_assignment = lloyd_reference(x, np.asarray(seeds), 100)
+    np.testing.assert_array_equal(assignment, reference_assignment)
+    np.testing.assert_allclose(centroids, reference, atol=1e-4)
+    assert not np.allclose(np.asarray(seeds), reference, atol=1e-2)  # the iterations moved the centroids
+
+
+def test_grouped_problems_equal_each_problem_solved_alone():
+    rng = np.random.default_rng(2)
+    groups = [rng.normal(size=(n, 16)).astype(np.float32) + 3 * rng.normal(size=16) for n in (5, 9, 12, 3, 16)]
+    ks = [2, 3, 3, 3, 4]
+    grouped = kmeans_groups(groups, ks, num_iters=20, seed=7)
+    root = jax.random.key(7)
+    for i, (x, k) in enumerate(zip(groups, ks)):
+        alone = _fit_one(x, jnp.ones(len(x)), jax.random.fold_in(root, i), jnp.int32(20), k=k, balanced=False,
+                         spherical=False)
+        np.testing.assert_allclose(grouped[i][0], alone[0], atol=1e-5)
+        np.testing.assert_array_equal(grouped[i][1], alone[1])
+        assert grouped[i][0].shape == (k, 16) and grouped[i][1].shape == (len(x),)
+    with pytest.raises(ValueError, match="k=4 clusters for 3 points"):
+        kmeans_groups([groups[3]], [4])
 
 
 def test_balanced_assignment_gives_near_equal_sizes():

@@ -34,15 +34,15 @@ def test_centroid_counts_follow_quantiles_of_distinct_counts():
     assert (pctx.centroid_counts(counts, static) == 1).all()
 
 
-def test_kmeans_pp_separates_planted_clusters_and_drops_empty_ones():
+def test_per_item_clusters_separate_planted_groups_and_drop_empty_ones():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, .1, (20, 2)), rng.normal(5, .1, (20, 2))])
-    centroids, labels = pctx.kmeans_pp(x, 2, rng, 20)
+    same = np.zeros((5, 2))  # identical points: only one non-empty cluster survives
+    (centroids, labels), (one, one_labels), (alone, _) = pctx.cluster_items([x, same, x[:1]], [2, 3, 1], 20, seed=0)
     assert len(centroids) == 2 and len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1
     assert labels[0] != labels[20]
-    same = np.zeros((5, 2))  # identical points: only one non-empty cluster survives
-    centroids, labels = pctx.kmeans_pp(same, 3, rng, 20)
-    assert len(centroids) == 1 and (labels == 0).all()
+    assert len(one) == 1 and (one_labels == 0).all()
+    np.testing.assert_array_equal(alone, x[:1])
 
 
 # ---------------------------------------------------------------- merging

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gr_jax.tokenizers.rq_vae import (RQVAEConfig, ResidualQuantizer, build_rq_vae, encode, fit_rq_vae,
-                                      init_params, quantize_all, with_codebooks)
+from gr_jax.tokenizers.configs import RQVAEConfig
+from gr_jax.tokenizers.rq_vae import ResidualQuantizer, build_rq_vae
+from gr_jax.tokenizers.rq_vae_training import encode, fit_rq_vae, init_params, quantize_all, with_codebooks
 
 SMALL = RQVAEConfig(hidden_dims=(64, 32), code_dim=8, num_levels=3, codebook_size=16, batch_size=128,
                     num_epochs=75, reset_every=50, kmeans_init_samples=512)
