@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         # scann ships x86-64 Linux wheels only; elsewhere tests/retrieval skips its ScaNN tests
-        "test": ["pytest>=8", "scann>=1.4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        "test": ["pytest>=8", "ruff>=0.6", "scann>=1.4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "retrieval": ["scann>=1.4"],  # ANN serving
     },
 )

@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit  # noqa: E402
 from gr_jax.retrieval.exact import exact_topk, topk_recall  # noqa: E402
-from gr_jax.retrieval.scann_index import ScannConfig, build_index, load_index  # noqa: E402
+from gr_jax.retrieval.scann_config import ScannConfig  # noqa: E402
+from gr_jax.retrieval.scann_index import build_index, load_index  # noqa: E402
 
 BATCH, K = 256, 10
 

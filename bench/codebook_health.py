@@ -16,10 +16,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config, load_dataset  # noqa: E402
-from gr_jax.text.item_text import embed_items  # noqa: E402
 from configs import tokenizers  # noqa: E402
-from gr_jax.tokenizers import health  # noqa: E402
 from gr_jax.stages.tokenize import fit_tokenizer, sid_table_from_fit  # noqa: E402
+from gr_jax.text.item_text import embed_items  # noqa: E402
+from gr_jax.tokenizers import health  # noqa: E402
 
 VARIANTS = {
     "rq_vae": {},

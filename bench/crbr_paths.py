@@ -35,7 +35,8 @@ from gr_jax.models import registry  # noqa: E402
 from gr_jax.models.crbr import route_beams  # noqa: E402
 from gr_jax.retrieval.exact import exact_topk, topk_recall  # noqa: E402
 from gr_jax.retrieval.multi_query import recall, retrieve  # noqa: E402
-from gr_jax.retrieval.scann_index import ScannConfig, build_index  # noqa: E402
+from gr_jax.retrieval.scann_config import ScannConfig  # noqa: E402
+from gr_jax.retrieval.scann_index import build_index  # noqa: E402
 from gr_jax.tokenizers.health import compute_health  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
 

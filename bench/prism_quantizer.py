@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import emit, load_config, load_dataset  # noqa: E402
 from configs import tokenizers  # noqa: E402
 from gr_jax.stages.features import load_features  # noqa: E402
+from gr_jax.stages.tokenize import fit_prism, fit_tokenizer, input_embeddings, sid_table_from_fit  # noqa: E402
 from gr_jax.tokenizers import health  # noqa: E402
 from gr_jax.tokenizers import prism_quantizer as pq  # noqa: E402
-from gr_jax.stages.tokenize import fit_prism, fit_tokenizer, input_embeddings, sid_table_from_fit  # noqa: E402
 
 VARIANTS = {
     "full": {},

@@ -11,9 +11,9 @@ import numpy as np
 
 from configs import prism as prism_config
 from configs import tiger as tiger_config
-from gr_jax.stages.features import Features
 from gr_jax.models.prism import PrismRecommender
 from gr_jax.models.tiger import TigerRecommender
+from gr_jax.stages.features import Features
 from gr_jax.tokenizers.sid_table import SIDTable
 
 

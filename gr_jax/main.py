@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import time
-
-import logging as std_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -15,7 +14,8 @@ from gr_jax import stages
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sasrec.py:scientific.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<config>-<timestamp>).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                                "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
 flags.mark_flags_as_required(["config"])
 
 

@@ -24,7 +24,7 @@ def test_sasrec_tiny_pipeline_writes_metrics_and_summaries(tmp_path):
     stages.run(config, str(tmp_path))
     metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
     assert list(metrics) == ["valid", "valid/head", "valid/tail", "test", "test/head", "test/tail"]
-    for name, split in metrics.items():
+    for split in metrics.values():
         assert METRICS <= set(split)
         assert 0.0 <= split["ndcg@10"] <= split["recall@10"] <= 1.0
         assert split["recall@5"] <= split["recall@10"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class Interactions:
                 raise DataError(f"Interactions.{name} has {len(value)} entries, expected {len(self.items)}")
 
     @classmethod
-    def from_lists(cls, user_keys: Sequence[str], sequences: Sequence[Sequence[int]], **per_event) -> "Interactions":
+    def from_lists(cls, user_keys: Sequence[str], sequences: Sequence[Sequence[int]], **per_event) -> Interactions:
         """Builds from one list per user; ``per_event`` values are lists of per-user lists."""
         lengths = np.array([len(s) for s in sequences], np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -87,7 +87,7 @@ class Interactions:
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user]:self.offsets[user + 1]]
 
-    def select_users(self, keep: np.ndarray) -> "Interactions":
+    def select_users(self, keep: np.ndarray) -> Interactions:
         """Keeps the users where ``keep`` is True, in order."""
         keep = np.asarray(keep, bool)
         event_keep = np.repeat(keep, self.lengths)

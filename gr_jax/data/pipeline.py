@@ -59,7 +59,8 @@ def eval_dataset(interactions: Interactions, split: str, *, max_history: int, ba
     all_rows = example_index(interactions.lengths, split)
     rows = all_rows[index::count]
     # Every process runs the same number of batches (collective ops must line up across hosts).
-    num_batches = -(-(-(-len(all_rows) // count)) // batch_size)
+    per_process = -(-len(all_rows) // count)
+    num_batches = -(-per_process // batch_size)
 
     def make(b: int) -> dict[str, np.ndarray]:
         chunk = rows[b * batch_size:(b + 1) * batch_size]

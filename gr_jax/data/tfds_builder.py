@@ -85,7 +85,7 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
     def _user_records(self, users: Interactions):
         for u, key in enumerate(users.user_keys):
             lo, hi = users.offsets[u], users.offsets[u + 1]
-            events = lambda a: [] if a is None else a[lo:hi]
+            events = lambda a, lo=lo, hi=hi: [] if a is None else a[lo:hi]
             yield u, {"key": key, "title": "", "description": "", "brand": "", "categories": [],
                       "price": np.nan, "items": users.items[lo:hi], "actions": events(users.actions),
                       "ratings": events(users.ratings), "timestamps": events(users.timestamps)}

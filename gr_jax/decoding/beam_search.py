@@ -12,7 +12,8 @@ hypothesis, so a beam never holds a duplicate prefix.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax

@@ -7,7 +7,7 @@ catalogue (by training-split interaction count) versus the rest.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np

@@ -8,7 +8,7 @@ list (so MRR is truncated at the list length K).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

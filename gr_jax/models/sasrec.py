@@ -3,10 +3,10 @@
 The user representation is the output at the most recent history position; item scores
 are its dot products with the (tied) item embedding table. Losses: full-softmax
 cross-entropy (default), sampled softmax over uniform negatives, or BCE over
-``num_negatives`` uniform negatives (the original paper used one). DuoRec adds a contrastive term between two views of a sequence:
-another dropout pass (``unsupervised``) or a different training sequence with the same
-target (``supervised``, DuoRec's default), with same-target examples removed from the
-negatives. The item table is the collaborative embedding later stages use; the user
+``num_negatives`` uniform negatives (the original paper used one). DuoRec adds a contrastive
+term between two views of a sequence: another dropout pass (``unsupervised``) or a different
+training sequence with the same target (``supervised``, DuoRec's default), with same-target
+examples removed from the negatives. The item table is the collaborative embedding later stages use; the user
 vector is the context vector (Pctx).
 """
 

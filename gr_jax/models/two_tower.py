@@ -41,6 +41,7 @@ from gr_jax.ops import NEG_INF, l2_normalize
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import retrieve
 
+
 def item_feature_table(model_config: ml_collections.ConfigDict, features) -> np.ndarray:
     """Frozen item features ``[N, F]``: the sources named by ``model.item_features`` ("text",
     "cf" or "text+cf"), each row L2-normalised (so each source weighs the same), concatenated."""

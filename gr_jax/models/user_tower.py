@@ -69,6 +69,7 @@ from gr_jax.models.layers.structs import LayerConfig
 from gr_jax.models.layers.t5 import CrossAttention, FeedForward, KeyValues, RMSNorm, SelfAttention, proj
 from gr_jax.ops import NEG_INF, l2_normalize
 
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QFormerConfig(LayerConfig):
     """The Q-Former's struct, passed to every block."""

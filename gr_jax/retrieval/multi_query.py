@@ -9,7 +9,8 @@ merging per-query exact top-k lists gives the exact top-k of ``max_p q_p · item
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from gr_jax.models.recommender import IndexRetriever, Recommender
 from gr_jax.retrieval.multi_query import retrieve
-from gr_jax.retrieval.scann_index import ScannConfig, build_index
+from gr_jax.retrieval.scann_config import ScannConfig
+from gr_jax.retrieval.scann_index import build_index
 
 
 def scann_topk(model: Recommender, params, config: ScannConfig, k: int,

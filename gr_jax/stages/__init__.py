@@ -94,8 +94,9 @@ class Artifacts:
 
     def _require(self, name: str) -> None:
         if not self.on_disk(name):
-            raise MissingArtifactError(f"no {name} in {self.workdir}: the {PRODUCERS[name]} stage makes it; add "
-                                       f"'{PRODUCERS[name]}' to config.stages (or point --workdir at a run that has it)")
+            stage = PRODUCERS[name]
+            raise MissingArtifactError(f"no {name} in {self.workdir}: the {stage} stage makes it; add '{stage}' to "
+                                       f"config.stages (or point --workdir at a run that has it)")
 
     @property
     def dataset(self) -> Dataset:
@@ -216,8 +217,9 @@ def run_eval(a: Artifacts) -> dict:
             ranking = lambda batch: model.topk(a.params, batch, size)  # noqa: E731
         elif config.eval.get("index", "exact") == "scann":
             from gr_jax.retrieval import serving
+            from gr_jax.retrieval.scann_config import ScannConfig
 
-            ranking = serving.scann_topk(model, a.params, serving.ScannConfig(**config.scann), size,
+            ranking = serving.scann_topk(model, a.params, ScannConfig(**config.scann), size,
                                          a.path("eval", "scann_index"))
         else:
             ranking = trainer.jit_topk(model, mesh, None, size)(a.params)

@@ -4,7 +4,8 @@ embeddings (the item table of a SASRec/DuoRec trained on the training split).
 Artifacts under ``WORKDIR/features/``: ``text_embeddings.npy`` ``[num_items, 384]``,
 ``cf_embeddings.npy`` ``[num_items, D]`` (plus the CF model's own run in ``cf/``), with
 ``features.cf.contexts`` ``event_contexts.npy`` ``[num_events, D]`` (the CF model's state at
-every event, Pctx's context vectors), and ``summary.json``. The text cache is keyed by content, so reruns and other configs reuse it.
+every event, Pctx's context vectors), and ``summary.json``. The text cache is keyed by content,
+so reruns and other configs reuse it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -27,6 +27,7 @@ from gr_jax.data.dataset import Dataset
 from gr_jax.stages.features import Features
 from gr_jax.tokenizers import collisions, health, pctx_tokenizer
 from gr_jax.tokenizers.sid_table import SIDTable
+
 
 def input_embeddings(features: Features, spec: str) -> np.ndarray:
     """``'text'``, ``'cf'`` or ``'text+cf'`` (each part L2-normalised, then concatenated)."""
@@ -133,8 +134,9 @@ def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.nda
 def sid_table_from_fit(fit: TokenizerFit, tok: ml_collections.ConfigDict) -> SIDTable:
     """Resolves collisions as configured and packs the codes into a SID table."""
     final = resolve_collisions(fit.codes, tok.collisions, fit.last_level_costs)
-    size = fit.codebooks.shape[1]
-    sizes = (size,) * fit.codes.shape[1] + ((int(final[:, -1].max()) + 1,) if final.shape[1] > fit.codes.shape[1] else ())
+    sizes = (fit.codebooks.shape[1],) * fit.codes.shape[1]
+    if final.shape[1] > fit.codes.shape[1]:  # a de-dup digit
+        sizes += (int(final[:, -1].max()) + 1,)
     return SIDTable(final.astype(np.int32), sizes, codebooks=list(fit.codebooks),
                     meta={"tokenizer": tok.name, "input": "text+cf" if tok.name == "prism" else tok.input,
                           "collisions": tok.collisions})

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import string
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ PART_SEPARATOR = "; "
 CATEGORY_SEPARATOR = " > "
 DEFAULT_TEMPLATE = "Title: {title}; Brand: {brand}; Categories: {categories}; Description: {description}"
 
-Template = Union[str, Sequence[str]]
+Template = str | Sequence[str]
 
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 _SPACE = re.compile(r"\s+")

@@ -23,7 +23,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +92,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
 
     @classmethod
-    def from_json(cls, path: str) -> "BertConfig":
+    def from_json(cls, path: str) -> BertConfig:
         with open(path) as f:
             raw = json.load(f)
         if raw.get("model_type", "bert") != "bert":
@@ -283,7 +284,7 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | None = None, max_length: int = 128, batch_size: int = 64,
-                        **kwargs) -> "TextEncoder":
+                        **kwargs) -> TextEncoder:
         """Loads weights, config and tokenizer from ``model_dir`` (default: :func:`find_model_dir`)."""
         from tokenizers import Tokenizer
 

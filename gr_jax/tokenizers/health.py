@@ -21,11 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-
 
 from gr_jax.tokenizers.configs import HealthThresholds
 

@@ -32,8 +32,6 @@ training context instead of the mean item embedding.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from gr_jax.tokenizers import collisions
@@ -167,8 +165,9 @@ def fit_pctx(contexts: np.ndarray, event_items: np.ndarray, train_events: np.nda
 
     # 1-2: per-item centroids, in item order; each training event's centroid.
     active = [item for item in range(num_items) if len(by_item[item])]
-    clusters = dict(zip(active, cluster_items([contexts[by_item[i]] for i in active], [int(k_per_item[i]) for i in active],
-                                              config.kmeans_iters, config.seed)))
+    fitted = cluster_items([contexts[by_item[i]] for i in active], [int(k_per_item[i]) for i in active],
+                           config.kmeans_iters, config.seed)
+    clusters = dict(zip(active, fitted))
     centroids, centroid_item, event_centroid = [], [], np.full(len(contexts), -1, np.int64)
     for item in range(num_items):
         if item in clusters:

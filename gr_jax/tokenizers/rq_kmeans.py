@@ -22,11 +22,12 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from gr_jax.tokenizers.health import HealthReport, compute_health
 from gr_jax.ops import l2_normalize
 from gr_jax.tokenizers.configs import RQKMeansConfig
+from gr_jax.tokenizers.health import HealthReport, compute_health
 from gr_jax.tokenizers.kmeans import kmeans, nearest_centroid, squared_distances
 from gr_jax.tokenizers.sid_table import SIDTable
+
 
 def _residual_update(r: np.ndarray, centroid: np.ndarray, tangent: bool) -> tuple[np.ndarray, np.ndarray]:
     """Next residual and the scale ``[N]`` applied to each row's assigned ``centroid``."""

@@ -32,7 +32,7 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int) -> optax.
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def named_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
     """``adamw`` | ``adam`` | ``adagrad`` | ``sgd`` at a constant rate (weight decay: adamw only).
     Cached, so equal settings give the same (hashable) transformation and share compilations."""

@@ -238,7 +238,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
         best_params = checkpoints.restore_best(state.params)
     checkpoints.close()
     writer.close()
-    curves = None if jax.process_index() else plot_training_curves(workdir, title=f"{config.name} on {config.data.name or config.data.format}")
+    title = f"{config.name} on {config.data.name or config.data.format}"
+    curves = None if jax.process_index() else plot_training_curves(workdir, title=title)
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                "final_step": int(state.step), "best_step": loop["best_step"],
                f"best_valid_{SELECT_METRIC}": loop["best"], "stopped_early": stopped_early,

@@ -8,8 +8,7 @@ import pytest
 
 from gr_jax.data.dataset import ACTIONS, validate
 from gr_jax.data.errors import DataError
-from gr_jax.data.synthetic import (EVENT_NOISE, EVENT_PREFERENCE, EVENT_SEQUENTIAL, SyntheticConfig, describe,
-                                   generate)
+from gr_jax.data.synthetic import EVENT_NOISE, EVENT_PREFERENCE, EVENT_SEQUENTIAL, SyntheticConfig, describe, generate
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,15 @@ import numpy as np
 import optax
 import pytest
 
-from gr_jax.models.crbr import (CRBR, alignment_loss, crbr_loss, gumbel_softmax, gumbel_temperature, load_balance_loss,
-                                route_beams)
+from gr_jax.models.crbr import (
+    CRBR,
+    alignment_loss,
+    crbr_loss,
+    gumbel_softmax,
+    gumbel_temperature,
+    load_balance_loss,
+    route_beams,
+)
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import recall, retrieve
 from gr_jax.tokenizers.health import compute_health
@@ -229,8 +236,8 @@ def test_training_reduces_the_losses():
 
 def test_recommender_anneals_the_gumbel_temperature_with_the_step():
     from configs import crbr as crbr_config
-    from gr_jax.stages.features import Features
     from gr_jax.models.crbr_recommender import CRBRRecommender
+    from gr_jax.stages.features import Features
 
     config = crbr_config.get_config("tiny").model
     config.update(gumbel_temperature=1.0, gumbel_temperature_min=0.5, gumbel_decay_rate=1e-3, item_features="text")

@@ -37,4 +37,5 @@ def test_mask_does_not_depend_on_sharding():
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 4, "model": 2}))
     make = jax.jit(lambda s: hash_keep_mask(s, (8, 16), 0.3),
                    out_shardings=NamedSharding(mesh, PartitionSpec("data", "model")))
-    np.testing.assert_array_equal(np.asarray(make(jnp.uint32(7))), np.asarray(hash_keep_mask(jnp.uint32(7), (8, 16), 0.3)))
+    expected = hash_keep_mask(jnp.uint32(7), (8, 16), 0.3)
+    np.testing.assert_array_equal(np.asarray(make(jnp.uint32(7))), np.asarray(expected))

@@ -10,8 +10,8 @@ import optax
 from configs import prism as prism_config
 from gr_jax import stages
 from gr_jax.decoding.trie import build_trie
-from gr_jax.stages.features import CF_FILE, TEXT_FILE
 from gr_jax.models import prism
+from gr_jax.stages.features import CF_FILE, TEXT_FILE
 from gr_jax.tokenizers.sid_table import SIDTable
 
 K = 4

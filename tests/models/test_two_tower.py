@@ -13,11 +13,11 @@ from configs import crbr as crbr_config
 from configs import qformer as qformer_config
 from configs import two_tower as two_tower_config
 from gr_jax import stages
-from gr_jax.stages.features import Features
 from gr_jax.models import crbr_recommender, qformer_pretrain, two_tower
 from gr_jax.models.crbr import CRBR
-from gr_jax.retrieval.exact import exact_topk
 from gr_jax.ops import l2_normalize
+from gr_jax.retrieval.exact import exact_topk
+from gr_jax.stages.features import Features
 
 # On this data (100 items, k = 10) chance is 0.1 and popularity reaches recall@10 0.29 (valid) / 0.35
 # (test). After 10 epochs (seed 0) two_tower reaches 0.59 / 0.61 and crbr 0.55 / 0.51; training

@@ -12,8 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from gr_jax.models.user_tower import (CachedReadState, QFormer, QFormerConfig, QFormerUserTower, mask_history,
-                                      orthogonality_loss)
+from gr_jax.models.user_tower import (
+    CachedReadState,
+    QFormer,
+    QFormerConfig,
+    QFormerUserTower,
+    mask_history,
+    orthogonality_loss,
+)
 
 FEATURES = 12
 

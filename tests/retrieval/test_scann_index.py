@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gr_jax.retrieval.exact import exact_topk, topk_recall
-from gr_jax.retrieval.scann_index import ScannConfig, build_index, load_index, recall_vs_exact
+from gr_jax.retrieval.scann_config import ScannConfig
+from gr_jax.retrieval.scann_index import build_index, load_index, recall_vs_exact
 
 
 def _unit(x):

@@ -8,10 +8,10 @@ import pytest
 from configs import crbr as crbr_config
 from configs import qformer as qformer_config
 from configs import two_tower as two_tower_config
-from gr_jax.stages.features import Features
 from gr_jax.models import crbr_recommender, qformer_pretrain, two_tower
-from gr_jax.retrieval.scann_index import ScannConfig
+from gr_jax.retrieval.scann_config import ScannConfig
 from gr_jax.retrieval.serving import scann_topk
+from gr_jax.stages.features import Features
 
 NUM_ITEMS, BATCH, LENGTH, K = 400, 6, 7, 10
 

@@ -107,7 +107,8 @@ def test_tau_controls_how_many_sids_survive_and_static_gives_one_per_item(synthe
     merged, _ = fit(synthetic)
     unmerged, summary = fit(synthetic, merge_threshold=0.0)
     assert unmerged.sids_per_item().sum() > merged.sids_per_item().sum()
-    assert unmerged.sids_per_item().sum() == sum(int(k) * v for k, v in summary["sids_per_item"]["after_digit_merge"].items())
+    after_digit_merge = summary["sids_per_item"]["after_digit_merge"]
+    assert unmerged.sids_per_item().sum() == sum(int(k) * v for k, v in after_digit_merge.items())
     static, _ = fit(synthetic, personalized=False)
     assert (static.sids_per_item() == 1).all()
 

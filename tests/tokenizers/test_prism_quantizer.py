@@ -18,9 +18,9 @@ from configs import tokenizers
 from gr_jax.data.splits import train_item_counts
 from gr_jax.data.synthetic import SyntheticConfig, generate
 from gr_jax.stages.features import Features
+from gr_jax.stages.tokenize import tokenize
 from gr_jax.tokenizers import prism_quantizer as pq
 from gr_jax.tokenizers.sid_table import SIDTable
-from gr_jax.stages.tokenize import tokenize
 
 SMALL = pq.PrismConfig(hidden_dims=(32,), code_dim=8, num_levels=2, codebook_size=8, batch_size=128,
                        num_epochs=60, reset_every=20, kmeans_init_samples=512, dropout=0.0, gate_dropout=0.0,

@@ -5,8 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from gr_jax.tokenizers.health import (CodebookHealthError, HealthThresholds, check_health, compute_health,
-                                      format_health, write_health)
+from gr_jax.tokenizers.health import (
+    CodebookHealthError,
+    HealthThresholds,
+    check_health,
+    compute_health,
+    format_health,
+    write_health,
+)
 
 
 def _healthy():

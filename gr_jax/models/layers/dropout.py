@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from gr_jax.config_schema import check_choice
 
 
-
 def fmix32(x: jax.Array) -> jax.Array:
     """MurmurHash3's 32-bit finaliser: a bijective avalanche mix of uint32 values."""
     x = x ^ (x >> 16)
