@@ -9,8 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import gat as gat_config
 from configs import prism as prism_config
 from configs import tiger as tiger_config
+from gr_jax.data.dataset import Interactions
+from gr_jax.models.gat import GATRecommender
 from gr_jax.models.prism import PrismRecommender
 from gr_jax.models.tiger import TigerRecommender
 from gr_jax.stages.features import Features
@@ -51,12 +54,30 @@ def build_prism(item_level_history: bool, overrides: dict | None = None, num_ite
     return PrismRecommender(model_cfg, table, features.text, features.cf)
 
 
-def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0) -> dict:
+def build_gat(num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256, text_dim: int = 384,
+              beam_size: int = 20, unroll_decoding: bool = False) -> GATRecommender:
+    """The Generative Action Transformer of ``configs/gat.py`` over random SIDs and text features."""
+    model_cfg = gat_config.get_config("scientific").model
+    model_cfg.beam_size = beam_size
+    rng = np.random.default_rng(0)
+    table = SIDTable(random_sid_codes(num_items, num_levels, codebook_size), (codebook_size,) * num_levels)
+    features = Features(text=rng.normal(size=(num_items, text_dim)).astype(np.float32))
+    users = Interactions.from_lists(["u"], [np.arange(4)])
+    return GATRecommender(model_cfg, table, features, users, unroll_decoding=unroll_decoding,
+                          frozen=tuple(gat_config.get_config().train.frozen))
+
+
+def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, actions: bool = False) -> dict:
+    """A batch of random histories; ``actions``: also clicks and skips (half each) for GAT."""
     rng = np.random.default_rng(seed)
-    return {"user": jnp.asarray(rng.integers(0, 10_000, batch_size), jnp.int32),
-            "history": jnp.asarray(rng.integers(0, num_items, (batch_size, history)), jnp.int32),
-            "history_mask": jnp.ones((batch_size, history), bool),
-            "target": jnp.asarray(rng.integers(0, num_items, batch_size), jnp.int32)}
+    batch = {"user": jnp.asarray(rng.integers(0, 10_000, batch_size), jnp.int32),
+             "history": jnp.asarray(rng.integers(0, num_items, (batch_size, history)), jnp.int32),
+             "history_mask": jnp.ones((batch_size, history), bool),
+             "target": jnp.asarray(rng.integers(0, num_items, batch_size), jnp.int32)}
+    if actions:
+        batch["history_actions"] = jnp.asarray(rng.choice([1, 4], (batch_size, history)), jnp.int32)
+        batch["target_action"] = jnp.asarray(rng.choice([1, 4], batch_size), jnp.int32)
+    return batch
 
 
 def compiled_flops(jitted, *args) -> float:

@@ -1,6 +1,6 @@
 """Training throughput and MFU of the TIGER- or PRISM-size model on Scientific shapes.
 
-    python bench/train_throughput.py [--model prism [--set dsi_fusion=gate ...]] [--item_level_history]
+    python bench/train_throughput.py [--model prism [--set dsi_fusion=gate ...] | --model gat] [--item_level_history]
         [--batch_size 256] [--steps 20]
 
 Prints one JSON line: examples/s, GFLOP per example (XLA cost analysis of the compiled
@@ -20,7 +20,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import build, build_prism, compiled_flops, random_batch  # noqa: E402
+from bench.tiger_setup import build, build_gat, build_prism, compiled_flops, random_batch  # noqa: E402
 from configs import tiger as tiger_config  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
@@ -41,7 +41,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--item_level_history", action="store_true")
     parser.add_argument("--dropout_impl", default="hash", choices=["hash", "threefry"])
-    parser.add_argument("--model", default="tiger", choices=["tiger", "prism"])
+    parser.add_argument("--model", default="tiger", choices=["tiger", "prism", "gat"])
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="PRISM model-config override, e.g. dsi_fusion=gate or dsi=False (repeatable)")
     args = parser.parse_args()
@@ -50,10 +50,12 @@ def main():
     if args.model == "prism":
         overrides = {k: _literal(v) for k, v in (s.split("=", 1) for s in args.set)}
         model = build_prism(args.item_level_history, overrides | {"dropout_impl": args.dropout_impl})
+    elif args.model == "gat":
+        model = build_gat()
     else:
         model = build(args.item_level_history, dropout_impl=args.dropout_impl)
     optimizer = make_optimizer(config.train, 10_000)
-    batch = random_batch(args.batch_size, args.history, len(model.codes))
+    batch = random_batch(args.batch_size, args.history, len(model.codes), actions=args.model == "gat")
     with trainer.mesh_context(config) as mesh:
         state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
         step = trainer.jit_train_step(model, optimizer, mesh, shardings)

@@ -30,6 +30,10 @@ def data_config() -> ml_collections.ConfigDict:
     c.min_core = 5  # amazon: k-core filtering
     c.drop_unknown_items = False  # lcrec: drop (and count) events whose item is not in NAME.item.json
     c.max_history = 20  # most recent events kept as history
+    c.targets = "all"  # events that may be valid/test targets: all | positive (an exposure log's clicks)
+    c.positives_only = False  # keep only events with a positive action (click/cart/buy); the rest are counted
+    c.positive_rating = 4.0  # amazon: a rating >= this is a click
+    c.negative_rating = 2.0  # amazon: a rating <= this is a skip (in between: a view)
     c.tfds_dir = ""  # where the ArrayRecord dataset is built; '' = WORKDIR/data/tfds
     c.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
     return c
@@ -52,6 +56,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.early_stop_patience = 5  # evaluations without valid ndcg@10 improvement; 0 disables
     c.checkpoint_keep = 2
     c.checkpoint_every_steps = 0  # extra 'latest' checkpoints between evaluations; 0 = at evaluations only
+    c.frozen = ()  # parameter paths kept fixed: prefixes ('qformer') or globs ('gat/blocks_*')
     return c
 
 

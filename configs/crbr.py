@@ -15,6 +15,7 @@ from configs import common, two_tower
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.check_variant(arg, ("tiny", "scientific"))
     m = two_tower.qformer_model("crbr")
+    two_tower.add_qformer_losses(m)
     two_tower.add_item_tower(m)
     m.codebook_sizes = (64, 64, 64)  # M_l codes per routing layer; L = len (inference paths: prod M_l)
     m.crbr_mlp_dim = 256  # routing MLP width

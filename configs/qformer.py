@@ -15,7 +15,9 @@ from configs import common, two_tower
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.check_variant(arg, ("tiny", "scientific"))
-    c = two_tower.retrieval_config(two_tower.qformer_model("qformer"))
+    m = two_tower.qformer_model("qformer")
+    two_tower.add_qformer_losses(m)
+    c = two_tower.retrieval_config(m)
     if arg == "tiny":
         two_tower.use_tiny(c)
     elif arg == "scientific":

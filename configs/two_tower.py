@@ -4,8 +4,9 @@ MLP item tower over frozen MiniLM text and SASRec CF item features, InfoNCE, exa
 Variants: default (synthetic), ``:tiny`` (tests), ``:scientific`` (Scientific on 2 CPU cores;
 time per stage: BENCHMARKS.md, user modeling).
 
-``qformer_model``, ``add_item_tower``, ``TRAIN``, ``SCIENTIFIC`` and ``use_tiny`` are shared with
-``configs/qformer.py`` and ``configs/crbr.py``, the other models on the Q-Former user tower.
+``qformer_model``, ``add_qformer_losses``, ``add_item_tower``, ``TRAIN``, ``SCIENTIFIC`` and
+``use_tiny`` are shared with ``configs/qformer.py`` and ``configs/crbr.py``, the other models on
+the Q-Former user tower (``configs/gat.py`` uses ``qformer_model``).
 """
 
 import dataclasses
@@ -36,12 +37,16 @@ def qformer_model(name: str) -> ml_collections.ConfigDict:
     c.recency_scale = 64.0  # history positions per unit of a recency slope
     c.dropout = 0.1  # Q-Former dropout
     c.history_read = "first"  # first: only block 0 reads the history (O(M) appends) | every: every block
-    # Pre-training losses (the whole loss of configs/qformer.py; an auxiliary of the others, aux_weight).
+    return c
+
+
+def add_qformer_losses(c: ml_collections.ConfigDict) -> None:
+    """The Q-Former's pre-training losses: the whole loss of configs/qformer.py, an auxiliary of the
+    two-tower and CRBR models (``aux_weight``)."""
     c.aux_temperature = 0.07  # ITC temperature
     c.aux_mask_ratio = 0.15  # history items hidden for the reconstruction loss
     c.aux_reconstruction_weight = 1.0
     c.aux_orthogonality_weight = 0.1
-    return c
 
 
 def add_item_tower(c: ml_collections.ConfigDict) -> None:
@@ -80,6 +85,7 @@ def use_tiny(c: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.check_variant(arg, ("tiny", "scientific"))
     m = qformer_model("two_tower")
+    add_qformer_losses(m)
     add_item_tower(m)
     # Set Transformer block + PMA pooling over the M query states.
     m.set_num_heads = 4

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr")
+MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr",
+               "gat")
 TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
 FEATURE_SOURCES = ("text", "cf", "text+cf")
 
 # A config path matches the longest key that ends it (``features.cf.model.loss`` -> ``model.loss``).
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("synthetic", "lcrec", "amazon"),
+    "data.targets": ("all", "positive"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,
     "model.loss": ("ce", "sampled_softmax", "bce"),
     "model.contrastive": ("none", "unsupervised", "supervised"),
-    "model.dropout_impl": ("hash", "threefry"),
+    "dropout_impl": ("hash", "threefry"),
+    "model.target_action": ("view", "click", "cart", "buy", "skip"),
     "model.dsi_fusion": ("moe", "gate"),
     "model.history_read": ("first", "every"),
     "model.item_features": FEATURE_SOURCES,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gr_jax.data.dataset import Dataset, Interactions, ItemTable
+from gr_jax.data.dataset import ACTIONS, Dataset, Interactions, ItemTable
 from gr_jax.data.errors import DataError
 from gr_jax.data.lcrec import clean_text, present_files
 
@@ -238,6 +238,17 @@ def _interactions(reviews: _Reviews, keep: np.ndarray, item_ids: np.ndarray) -> 
     offsets = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=len(user_values)))])
     return Interactions([reviews.user_keys[u] for u in user_values], offsets, item_ids[reviews.items[idx]],
                         ratings=reviews.ratings[idx], timestamps=reviews.times[idx])
+
+
+def rating_actions(ratings: np.ndarray, positive_rating: float, negative_rating: float) -> np.ndarray:
+    """Action codes of star ratings: >= ``positive_rating`` a click, <= ``negative_rating`` a skip,
+    in between a view (neutral), so an action-aware model can train on reviews."""
+    if not negative_rating < positive_rating:
+        raise DataError(f"data.negative_rating={negative_rating} must be below data.positive_rating={positive_rating}")
+    actions = np.full(len(ratings), ACTIONS.index("view"), np.int8)
+    actions[ratings >= positive_rating] = ACTIONS.index("click")
+    actions[ratings <= negative_rating] = ACTIONS.index("skip")
+    return actions
 
 
 def read_amazon2018(reviews_path: str, meta_path: str, name: str, min_core: int = 5) -> Dataset:

@@ -18,6 +18,14 @@ from gr_jax.data.errors import DataError
 
 # Per-event action vocabulary (index = code stored in ``Interactions.actions``).
 ACTIONS = ("view", "click", "cart", "buy", "skip")
+POSITIVE_ACTIONS = ("click", "cart", "buy")  # engagement; "skip" is negative, "view" neutral
+
+
+def positive_events(actions: np.ndarray | None, num_events: int) -> np.ndarray:
+    """Boolean ``[num_events]``: events whose action is positive (every event when there are no actions)."""
+    if actions is None:
+        return np.ones(num_events, bool)
+    return np.isin(actions, [ACTIONS.index(a) for a in POSITIVE_ACTIONS])
 
 
 @dataclasses.dataclass
@@ -53,6 +61,9 @@ class Interactions:
     actions: np.ndarray | None = None  # int8 [num_events], index into ACTIONS
     ratings: np.ndarray | None = None  # float32 [num_events]
     timestamps: np.ndarray | None = None  # int64 [num_events], seconds
+    # bool [num_events]: the events that may be validation/test targets (``data.targets='positive'``:
+    # the positive actions); None: every event (leave-one-out by position)
+    targets: np.ndarray | None = None
 
     def __post_init__(self):
         self.offsets = np.asarray(self.offsets, np.int64)
@@ -61,7 +72,7 @@ class Interactions:
             raise DataError("Interactions.offsets must have num_users + 1 entries starting at 0")
         if self.offsets[-1] != len(self.items) or np.any(np.diff(self.offsets) < 0):
             raise DataError("Interactions.offsets must be non-decreasing and end at len(items)")
-        for name in ("actions", "ratings", "timestamps"):
+        for name in ("actions", "ratings", "timestamps", "targets"):
             value = getattr(self, name)
             if value is not None and len(value) != len(self.items):
                 raise DataError(f"Interactions.{name} has {len(value)} entries, expected {len(self.items)}")
@@ -96,7 +107,20 @@ class Interactions:
         return Interactions(
             [k for k, kept in zip(self.user_keys, keep) if kept], np.concatenate([[0], np.cumsum(lengths)]),
             self.items[event_keep],
-            pick(self.actions), pick(self.ratings), pick(self.timestamps))
+            pick(self.actions), pick(self.ratings), pick(self.timestamps), pick(self.targets))
+
+    def select_events(self, keep: np.ndarray) -> Interactions:
+        """Keeps the events where ``keep`` is True (every user stays, possibly shorter)."""
+        keep = np.asarray(keep, bool)
+        per_user = np.bincount(np.repeat(np.arange(len(self)), self.lengths)[keep], minlength=len(self))
+        pick = lambda a: None if a is None else a[keep]
+        return Interactions(list(self.user_keys), np.concatenate([[0], np.cumsum(per_user)]), self.items[keep],
+                            pick(self.actions), pick(self.ratings), pick(self.timestamps), pick(self.targets))
+
+    def with_targets(self, kind: str) -> Interactions:
+        """This sequence set with ``targets`` for ``data.targets``: 'all' (None) or 'positive'."""
+        targets = None if kind == "all" else positive_events(self.actions, len(self.items))
+        return dataclasses.replace(self, targets=targets)
 
 
 @dataclasses.dataclass
@@ -130,9 +154,10 @@ class Dataset:
         }
 
 
-def validate(dataset: Dataset, min_user_events: int = 3, source: str = "") -> Dataset:
+def validate(dataset: Dataset, min_user_events: int = 3, source: str = "", targets: str = "all") -> Dataset:
     """Checks ids, drops users too short for a leave-one-out split (logged count), counts empty text.
 
+    ``targets='positive'``: a user needs ``min_user_events`` positive events (the split's targets).
     Raises DataError for item ids outside the item table. Returns a dataset whose ``report``
     records every count, so nothing is dropped silently.
     """
@@ -146,14 +171,20 @@ def validate(dataset: Dataset, min_user_events: int = 3, source: str = "") -> Da
         raise DataError(f"{bad} events{where} reference item ids outside the item table "
                         f"(0..{dataset.num_items - 1}); rebuild the item table or drop those events in the reader")
     report = dict(dataset.report)
-    short = dataset.users.lengths < min_user_events
+    counted = dataset.users.with_targets(targets)
+    if counted.targets is None:
+        short = dataset.users.lengths < min_user_events
+    else:
+        short = np.bincount(np.repeat(np.arange(len(counted)), counted.lengths), weights=counted.targets,
+                            minlength=len(counted)) < min_user_events
     if short.all():
         raise DataError(f"every user{where} has fewer than {min_user_events} events; leave-one-out needs "
                         f"at least 3 per user (check that the file holds the interaction histories)")
     users = dataset.users
     if short.any():
-        logging.warning("Dropping %d of %d users%s with fewer than %d events (leave-one-out needs them).",
-                        int(short.sum()), len(short), where, min_user_events)
+        logging.warning("Dropping %d of %d users%s with fewer than %d %sevents (leave-one-out needs them).",
+                        int(short.sum()), len(short), where, min_user_events,
+                        "positive " if targets == "positive" else "")
         users = users.select_users(~short)
     report["users_dropped_too_short"] = int(short.sum())
     empty_titles = sum(1 for t in dataset.items.title if not t.strip())

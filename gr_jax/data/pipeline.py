@@ -22,16 +22,17 @@ def _process_shard() -> tuple[int, int]:
 
 def train_dataset(interactions: Interactions, *, max_history: int, global_batch_size: int, seed: int,
                   num_epochs: int | None = None, shard: tuple[int, int] | None = None,
-                  with_partner: bool = False) -> grain.MapDataset:
+                  with_partner: bool = False, rows: np.ndarray | None = None) -> grain.MapDataset:
     """Shuffled, repeated training batches for this process (``global_batch_size / process_count`` rows).
 
-    ``with_partner`` adds ``partner_history``/``partner_history_mask``: the history of another
-    training example with the same target (DuoRec's supervised positive).
+    ``rows``: the training examples, (user, target position) rows (default: every one of the train
+    split). ``with_partner`` adds ``partner_history``/``partner_history_mask``: the history of
+    another training example with the same target (DuoRec's supervised positive).
     """
     index, count = shard or _process_shard()
     if global_batch_size % count:
         raise ValueError(f"train.batch_size={global_batch_size} must be divisible by the {count} processes")
-    rows = example_index(interactions.lengths, "train")
+    rows = example_index(interactions, "train") if rows is None else rows
     if not len(rows):
         raise ValueError("no training examples: every user needs at least 4 events for a training target")
     partners = same_target_partners(interactions, rows, seed) if with_partner else None
@@ -56,7 +57,7 @@ def eval_dataset(interactions: Interactions, split: str, *, max_history: int, ba
                  shard: tuple[int, int] | None = None) -> grain.MapDataset:
     """Leave-one-out ``split`` ('valid'/'test') batches of fixed size; padding rows have ``valid=False``."""
     index, count = shard or _process_shard()
-    all_rows = example_index(interactions.lengths, split)
+    all_rows = example_index(interactions, split)
     rows = all_rows[index::count]
     # Every process runs the same number of batches (collective ops must line up across hosts).
     per_process = -(-len(all_rows) // count)
@@ -73,5 +74,6 @@ def eval_dataset(interactions: Interactions, split: str, *, max_history: int, ba
     return grain.MapDataset.range(num_batches).map(make)
 
 
-def num_train_examples(interactions: Interactions) -> int:
-    return len(example_index(interactions.lengths, "train"))
+def train_rows(interactions: Interactions) -> np.ndarray:
+    """Every training example of the train split, rows of (user, target position)."""
+    return example_index(interactions, "train")

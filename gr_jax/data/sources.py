@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 
 import ml_collections
 
 from gr_jax.data import amazon, lcrec, synthetic
-from gr_jax.data.dataset import Dataset, validate
+from gr_jax.data.dataset import Dataset, positive_events, validate
 from gr_jax.data.errors import DataError
 
 FORMATS = ("synthetic", "lcrec", "amazon")
@@ -19,10 +21,22 @@ def synthetic_config(data: ml_collections.ConfigDict) -> synthetic.SyntheticConf
 
 
 def read_source(data: ml_collections.ConfigDict) -> Dataset:
-    """Reads ``data.format`` from ``data.dir`` and validates it (counts of anything dropped in ``report``)."""
+    """Reads ``data.format`` from ``data.dir``, keeps only positive events if asked and validates it
+    (counts of anything dropped in ``report``)."""
+    dataset, source = _read(data)
+    if data.positives_only:
+        keep = positive_events(dataset.users.actions, len(dataset.users.items))
+        dataset.report["events_dropped_not_positive"] = int((~keep).sum())
+        if not keep.all():
+            logging.info("data.positives_only: dropping %d of %d events without a positive action.",
+                         int((~keep).sum()), len(keep))
+        dataset = dataclasses.replace(dataset, users=dataset.users.select_events(keep))
+    return validate(dataset, data.min_user_events, source=source, targets=data.targets)
+
+
+def _read(data: ml_collections.ConfigDict) -> tuple[Dataset, str]:
     if data.format == "synthetic":
-        dataset, _ = synthetic.generate(synthetic_config(data))
-        return validate(dataset, data.min_user_events, source="synthetic data")
+        return synthetic.generate(synthetic_config(data))[0], "synthetic data"
     if not data.dir:
         raise DataError(f"data.format={data.format!r} needs --config.data.dir=DIR pointing at the raw files")
     if not os.path.isdir(data.dir):
@@ -34,14 +48,15 @@ def read_source(data: ml_collections.ConfigDict) -> Dataset:
             raise DataError(f"no NAME.inter.json + NAME.item.json pair found in {data.dir} (found: {present}); "
                             f"set --config.data.name=NAME or point data.dir at an LC-Rec dataset folder")
         dataset = lcrec.read_lcrec(data.dir, name, drop_unknown_items=data.drop_unknown_items)
-        return validate(dataset, data.min_user_events, source=os.path.join(data.dir, name + ".inter.json"))
+        return dataset, os.path.join(data.dir, name + ".inter.json")
     if data.format == "amazon":
         if not data.name:
             raise DataError("data.format='amazon' needs --config.data.name=CATEGORY "
                             "(e.g. Industrial_and_Scientific, the prefix of the review/meta files)")
         reviews, meta = amazon.find_amazon_files(data.dir, data.name)
         dataset = amazon.read_amazon2018(reviews, meta, data.name, min_core=data.min_core)
-        return validate(dataset, data.min_user_events, source=reviews)
+        actions = amazon.rating_actions(dataset.users.ratings, data.positive_rating, data.negative_rating)
+        return dataclasses.replace(dataset, users=dataclasses.replace(dataset.users, actions=actions)), reviews
     raise DataError(f"data.format={data.format!r} is not one of {FORMATS}")
 
 
@@ -49,7 +64,8 @@ def source_fingerprint(data: ml_collections.ConfigDict) -> dict:
     """The config fields that determine the dataset content (for artifact keys)."""
     keys = ["format", "min_user_events"]
     keys += {"synthetic": ["synthetic"], "lcrec": ["dir", "name", "drop_unknown_items"],
-             "amazon": ["dir", "name", "min_core"]}.get(data.format, [])
+             "amazon": ["dir", "name", "min_core", "positive_rating", "negative_rating"]}.get(data.format, [])
+    keys += [k for k, default in (("positives_only", False), ("targets", "all")) if data[k] != default]
     out = {k: data[k].to_dict() if isinstance(data[k], ml_collections.ConfigDict) else data[k] for k in keys}
     if "dir" in out:
         out["dir"] = os.path.abspath(out["dir"])

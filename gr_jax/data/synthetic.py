@@ -12,6 +12,14 @@ event is one of
 Actions follow the ground-truth affinity of the event's item to the user's interests.
 ``generate`` returns the canonical ``Dataset`` plus a ``GroundTruth`` holding everything
 needed to check what a model recovered.
+
+With ``exposure_log=True`` the events are instead what a logging policy *showed* each user — a
+mix of popular, personalised (drawn from the preference model above) and uniformly random
+items — and each response comes from a known click model,
+``P(click | user, item) = sigmoid(b + click_slope · exp(affinity / action_scale))`` with ``b`` set
+so that the logged click-through rate is ``target_ctr``. A clicked exposure's action is click,
+cart or buy (more engagement, deeper action), any other is skip; ``GroundTruth.click_prob``
+holds every exposure's true click probability.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import numpy as np
 from gr_jax.data.dataset import ACTIONS, Dataset, Interactions, ItemTable
 from gr_jax.data.errors import DataError
 
-# Values of ``GroundTruth.event_kind``.
+# Values of ``GroundTruth.event_kind``: the event stream's kinds, then the exposure log's policy sources.
 EVENT_PREFERENCE, EVENT_SEQUENTIAL, EVENT_NOISE = 0, 1, 2
+EXPOSURE_POPULAR, EXPOSURE_PERSONALISED, EXPOSURE_RANDOM = 3, 4, 5
 
 # Action logits = base + slope * engagement (engagement in [0, 1]), one row per ACTIONS entry.
 _ACTION_BASE = np.array([1.0, 0.2, -1.5, -2.5, 1.0])
@@ -76,6 +85,12 @@ class SyntheticConfig:
     start_time: int = 1_672_531_200  # 2023-01-01, seconds
     start_spread_days: float = 180.0
     mean_gap_hours: float = 6.0
+    # Exposure log (see the module docstring): replaces the event stream when on.
+    exposure_log: bool = False
+    exposure_policy: tuple[float, ...] = (0.3, 0.4, 0.3)  # shares of popular, personalised, random exposures
+    exposures_per_event: int = 25  # a user's exposures = this x the length their event stream would have
+    target_ctr: float = 0.04  # logged click-through rate the click model's bias is solved for
+    click_slope: float = 8.0  # how strongly P(click) rises with engagement
 
     def validate(self) -> None:
         """Raises DataError when the knobs are inconsistent."""
@@ -94,6 +109,11 @@ class SyntheticConfig:
             raise DataError("synthetic.p_seq and p_noise must be >= 0 and sum to <= 1")
         if self.num_users < 1 or self.num_successors < 1 or not self.interest_count_probs:
             raise DataError("synthetic needs num_users >= 1, num_successors >= 1 and non-empty interest_count_probs")
+        if len(self.exposure_policy) != 3 or min(self.exposure_policy) < 0 or sum(self.exposure_policy) <= 0:
+            raise DataError("synthetic.exposure_policy needs three non-negative shares (popular, personalised, "
+                            "random) with a positive sum")
+        if not 0 < self.target_ctr < 1 or self.exposures_per_event < 1:
+            raise DataError("synthetic needs 0 < target_ctr < 1 and exposures_per_event >= 1")
 
 
 @dataclasses.dataclass
@@ -115,6 +135,8 @@ class GroundTruth:
     event_kind: np.ndarray  # int8 [num_events], EVENT_PREFERENCE / EVENT_SEQUENTIAL / EVENT_NOISE
     event_interest: np.ndarray  # int32 [num_events], chosen interest node of preference events, else -1
     event_affinity: np.ndarray  # float32 [num_events], max affinity of the item to the user's interests
+    event_offsets: np.ndarray  # int64 [num_users + 1]: user u's events are [event_offsets[u], event_offsets[u+1])
+    click_prob: np.ndarray | None = None  # float32 [num_events], exposure log only: true P(click | user, item)
 
     @property
     def depth(self) -> int:
@@ -124,6 +146,12 @@ class GroundTruth:
     def item_node_ids(self) -> np.ndarray:
         """Global node id of each item's ancestor at each level, int32 [num_items, depth]."""
         return (self.item_category_ids + self.level_offsets[:-1]).astype(np.int32)
+
+    def per_event(self, values: np.ndarray, user_keys: list[str]) -> np.ndarray:
+        """Per-event ``values`` (generation order) for the users ``user_keys`` (``"u<id>"``, e.g. a
+        dataset's users after short ones were dropped), in that order."""
+        users = [int(key[1:]) for key in user_keys]
+        return np.concatenate([values[self.event_offsets[u]:self.event_offsets[u + 1]] for u in users])
 
     def in_subtree(self, nodes: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each item lies under the matching node (broadcast); False for node -1."""
@@ -147,20 +175,28 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[Dataset, Grou
     affinity = -_squared_distances(tree["node_centres"], latents)  # [num_nodes, num_items]
     interests, weights = _user_interests(config, tree, item_nodes, rng_users)
     lengths = _lengths(config, rng_users)
-    events = _events(config, lengths, interests, weights, popularity, affinity, successors, rng_events)
+    if config.exposure_log:
+        lengths = lengths * config.exposures_per_event
+        events = _exposures(config, lengths, interests, weights, popularity, affinity, rng_events)
+    else:
+        events = _events(config, lengths, interests, weights, popularity, affinity, successors, rng_events)
     event_users = np.repeat(np.arange(config.num_users), lengths)
     event_affinity = _event_affinity(affinity, interests[event_users], events["items"])
+    if config.exposure_log:
+        events |= _responses(config, event_affinity, rng_events)
+    else:
+        events["actions"] = _actions(event_affinity, config.action_scale, rng_events)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     users = Interactions(
-        [f"u{u}" for u in range(config.num_users)], offsets, events["items"],
-        actions=_actions(event_affinity, config.action_scale, rng_events),
+        [f"u{u}" for u in range(config.num_users)], offsets, events["items"], actions=events["actions"],
         timestamps=_timestamps(config, lengths, rng_events))
     table = _item_table(config, tree, item_nodes, rng_text)
     truth = GroundTruth(
         tree["node_names"], tree["node_topic_words"], tree["node_level"], tree["node_parent"],
         tree["node_centres"].astype(np.float32), tree["level_offsets"], latents.astype(np.float32),
         (item_nodes - tree["level_offsets"][:-1]).astype(np.int32), popularity.astype(np.float32),
-        interests, weights, successors, events["kind"], events["interest"], event_affinity)
+        interests, weights, successors, events["kind"], events["interest"], event_affinity, offsets,
+        events.get("click_prob"))
     return Dataset("synthetic", table, users), truth
 
 
@@ -170,10 +206,11 @@ def describe(dataset: Dataset, truth: GroundTruth) -> dict:
     counts = np.sort(np.bincount(dataset.users.items, minlength=dataset.num_items))[::-1]
     top = max(1, dataset.num_items // 10)
     action_counts = np.bincount(dataset.users.actions, minlength=len(ACTIONS)) / len(dataset.users.items)
-    kind_counts = np.bincount(truth.event_kind, minlength=3) / len(truth.event_kind)
+    names = ("preference", "sequential", "noise", "exposure_popular", "exposure_personalised", "exposure_random")
+    kind_counts = np.bincount(truth.event_kind, minlength=len(names)) / len(truth.event_kind)
     stats.update(
         action_mix={a: round(float(f), 4) for a, f in zip(ACTIONS, action_counts)},
-        event_kinds={k: round(float(f), 4) for k, f in zip(("preference", "sequential", "noise"), kind_counts)},
+        event_kinds={k: round(float(f), 4) for k, f in zip(names, kind_counts) if f > 0},
         top10pct_item_share=float(counts[:top].sum() / counts.sum()),
         bottom50pct_item_share=float(counts[dataset.num_items // 2:].sum() / counts.sum()))
     return stats
@@ -377,8 +414,7 @@ def _events(config: SyntheticConfig, lengths: np.ndarray, interests: np.ndarray,
     kind[u < config.p_noise] = EVENT_NOISE
     slot = _sample_rows(np.cumsum(weights, axis=1), user, rng)
     interest = np.where(kind == EVENT_PREFERENCE, interests[user, slot], -1).astype(np.int32)
-    logits = config.popularity_weight * np.log(popularity)[None, :] + affinity / config.temperature
-    item_cdf = np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
+    item_cdf = _preference_cdf(config, popularity, affinity)
     items = np.where(kind == EVENT_PREFERENCE, _sample_rows(item_cdf, np.maximum(interest, 0), rng),
                      rng.integers(len(popularity), size=num_events)).astype(np.int32)
     successor_slot = rng.integers(successors.shape[1], size=num_events)
@@ -388,6 +424,53 @@ def _events(config: SyntheticConfig, lengths: np.ndarray, interests: np.ndarray,
         idx = seq[seq_pos == p]
         items[idx] = successors[items[idx - 1], successor_slot[idx]]
     return {"items": items, "kind": kind, "interest": interest}
+
+
+def _preference_cdf(config: SyntheticConfig, popularity: np.ndarray, affinity: np.ndarray) -> np.ndarray:
+    """Unnormalised cumulative item weights ``[num_nodes, num_items]`` of the preference model."""
+    logits = config.popularity_weight * np.log(popularity)[None, :] + affinity / config.temperature
+    return np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
+
+
+def _exposures(config: SyntheticConfig, counts: np.ndarray, interests: np.ndarray, weights: np.ndarray,
+               popularity: np.ndarray, affinity: np.ndarray, rng: np.random.Generator) -> dict:
+    """Items the logging policy shows, flat in user order, and which policy source showed each."""
+    n = int(counts.sum())
+    user = np.repeat(np.arange(len(counts)), counts)
+    policy = np.asarray(config.exposure_policy, float)
+    source = np.searchsorted(np.cumsum(policy / policy.sum()), rng.random(n), side="right").clip(0, 2)
+    popular = np.searchsorted(np.cumsum(popularity) / popularity.sum(), rng.random(n), side="right")
+    slot = _sample_rows(np.cumsum(weights, axis=1), user, rng)
+    interest = interests[user, slot]
+    personalised = _sample_rows(_preference_cdf(config, popularity, affinity), interest, rng)
+    uniform = rng.integers(len(popularity), size=n)
+    items = np.choose(source, [popular.clip(0, len(popularity) - 1), personalised, uniform]).astype(np.int32)
+    return {"items": items, "kind": (EXPOSURE_POPULAR + source).astype(np.int8),
+            "interest": np.where(source == 1, interest, -1).astype(np.int32)}
+
+
+def click_bias(engagement: np.ndarray, slope: float, target_ctr: float) -> float:
+    """The bias ``b`` with ``mean(sigmoid(b + slope * engagement)) = target_ctr`` (bisection)."""
+    low, high = -50.0, 50.0
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        if np.mean(1.0 / (1.0 + np.exp(-(mid + slope * engagement)))) < target_ctr:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def _responses(config: SyntheticConfig, event_affinity: np.ndarray, rng: np.random.Generator) -> dict:
+    """Each exposure's true click probability and drawn action (click / cart / buy when clicked, else skip)."""
+    engagement = np.exp(event_affinity / config.action_scale)
+    bias = click_bias(engagement, config.click_slope, config.target_ctr)
+    click_prob = 1.0 / (1.0 + np.exp(-(bias + config.click_slope * engagement)))
+    clicked = rng.random(len(engagement)) < click_prob
+    deeper = np.exp(_ACTION_BASE[1:4] + _ACTION_SLOPE[1:4] * engagement[:, None])  # click, cart, buy
+    positive = 1 + _sample_rows(np.cumsum(deeper, axis=1), np.arange(len(deeper)), rng)
+    actions = np.where(clicked, positive, ACTIONS.index("skip")).astype(np.int8)
+    return {"actions": actions, "click_prob": click_prob.astype(np.float32)}
 
 
 def _event_affinity(affinity: np.ndarray, event_interests: np.ndarray, items: np.ndarray) -> np.ndarray:

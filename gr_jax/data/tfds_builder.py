@@ -137,6 +137,7 @@ def load(builder: GrDataset) -> Dataset:
             per_event[field] = values
     users = Interactions.from_lists(_texts(r["key"] for r in user_records),
                                     [np.asarray(r["items"]) for r in user_records], **per_event)
+    users = users.with_targets(builder.builder_config.data.targets)
     report_path = os.path.join(builder.data_dir, "report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) else {}
     data = builder.builder_config.data

@@ -11,6 +11,8 @@ temperatures, an unrolled decoding loop for FLOP counts) comes in through its co
   "params" (a dict of arrays, saved by the train stage) that ``topk`` reads; ranks on the host.
 - ``IndexRetriever``: a trainable model that ranks by searching an item-vector index with a set of
   queries per user; ``eval.index='scann'`` serves it from ScaNN (``retrieval.serving``).
+- ``ActionRanker``: a trainable model that also predicts the user's action on a shown item; the
+  eval stage reports its ranking quality (AUC, calibration) on held-out exposures.
 
 Batches are dicts of arrays (``gr_jax.data.splits.assemble_batch``): ``user``, ``history``,
 ``history_mask``, ``target``, ``history_event``, ``target_event`` (+ ``partner_history`` and
@@ -71,6 +73,19 @@ class TrainableRecommender(Recommender):
     def item_embeddings(self, params: Params) -> jax.Array | None:
         """The model's item vectors ``[num_items, D]`` when it has any (saved by the train stage)."""
         return None
+
+    def training_rows(self, rows: np.ndarray, interactions: Interactions) -> np.ndarray:
+        """The training examples, rows of (user, target position), the model learns from; all of them
+        unless it samples (e.g. negatives to a positive:negative ratio)."""
+        del interactions
+        return rows
+
+
+class ActionRanker(TrainableRecommender):
+    @abc.abstractmethod
+    def positive_probability(self, params: Params, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(raw, calibrated) probability ``[B]`` that showing the batch's target item to the user
+        gets a positive action."""
 
 
 class IndexRetriever(TrainableRecommender):

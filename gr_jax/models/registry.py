@@ -73,6 +73,13 @@ def _crbr(config, a: Artifacts, pretrained_qformer=None):
     return CRBRRecommender(config.model, a.features, pretrained_qformer)
 
 
+def _gat(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.gat import GATRecommender
+
+    return GATRecommender(config.model, a.sid_table, a.features, a.dataset.users, pretrained_qformer,
+                          frozen=tuple(config.train.frozen))
+
+
 def _none(config):
     return ()
 
@@ -87,6 +94,7 @@ MODELS: dict[str, Entry] = {
     "qformer": Entry(_qformer, lambda c: ("features",)),
     "two_tower": Entry(_two_tower, lambda c: ("features",)),
     "crbr": Entry(_crbr, lambda c: ("features",)),
+    "gat": Entry(_gat, lambda c: ("sid_table", "features")),
 }
 
 

@@ -35,7 +35,7 @@ from gr_jax.data import tfds_builder
 from gr_jax.data.dataset import Dataset
 from gr_jax.evaluation.evaluator import evaluate, format_table
 from gr_jax.models import registry
-from gr_jax.models.recommender import Recommender
+from gr_jax.models.recommender import ActionRanker, Recommender
 from gr_jax.stages.features import Features
 from gr_jax.tokenizers.sid_table import SIDTable
 from gr_jax.training import trainer
@@ -224,10 +224,32 @@ def run_eval(a: Artifacts) -> dict:
         else:
             ranking = trainer.jit_topk(model, mesh, None, size)(a.params)
         results = evaluate(ranking, a.dataset.users, config, a.dataset.num_items)
+        if is_primary():
+            print(format_table(results, title=f"{config.name} on {a.dataset.name} (list size {size})"), flush=True)
+        if isinstance(model, ActionRanker) and a.dataset.users.actions is not None:
+            results["ranking"] = _ranking_metrics(a, model)
+            if is_primary():
+                print("ranking of held-out exposures: " + ", ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results["ranking"].items()),
+                      flush=True)
     write_json(a.path("eval", "metrics.json"), results)
-    if is_primary():
-        print(format_table(results, title=f"{config.name} on {a.dataset.name} (list size {size})"), flush=True)
     return {}
+
+
+def _ranking_metrics(a: Artifacts, model: ActionRanker) -> dict:
+    """AUC and calibration of the model's action probabilities on the held-out exposures; on a
+    synthetic exposure log also against the true click probabilities."""
+    from gr_jax.data import sources, synthetic
+    from gr_jax.evaluation.ranking import evaluate_ranking
+
+    data = a.config.data
+    truth = None
+    if data.format == "synthetic" and data.synthetic.exposure_log and not data.positives_only:
+        generated = synthetic.generate(sources.synthetic_config(data))[1]
+        truth = generated.per_event(generated.click_prob, a.dataset.users.user_keys)
+    score = jax.jit(model.positive_probability)
+    probabilities = lambda batch: score(a.params, batch)  # noqa: E731
+    return evaluate_ranking(probabilities, a.dataset.users, data.max_history, a.config.eval.batch_size, truth)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""Optimizers: the trainer's AdamW with linear warmup, cosine/linear/constant decay and global-norm
-clipping, and plain optimizers by name (the tokenizers' fitting loops)."""
+"""Optimizers: the trainer's AdamW with linear warmup, cosine/linear/constant decay, global-norm
+clipping and frozen parameters (``train.frozen``), and plain optimizers by name (the tokenizers'
+fitting loops)."""
 
 from __future__ import annotations
 
 import functools
 
+import jax
 import ml_collections
 import optax
 
 from gr_jax.config_schema import check_choice
+from gr_jax.params import is_frozen, param_path
 
 
 def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -25,11 +28,22 @@ def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -
 
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    return optax.chain(
+    """Clipped AdamW on the schedule; parameters matching ``train.frozen`` get zero updates (no
+    gradient step and no weight decay)."""
+    tx = optax.chain(
         optax.clip_by_global_norm(train.grad_clip_norm),
         optax.adamw(learning_rate_schedule(train, total_steps), b1=train.b1, b2=train.b2,
                     weight_decay=train.weight_decay),
     )
+    frozen = tuple(train.frozen)
+    if not frozen:
+        return tx
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if is_frozen(param_path(path), frozen) else "trained", params)
+
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 @functools.cache

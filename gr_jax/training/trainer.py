@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from gr_jax.data.dataset import Interactions
-from gr_jax.data.pipeline import num_train_examples, train_dataset
+from gr_jax.data.pipeline import train_dataset, train_rows
 from gr_jax.evaluation.evaluator import evaluate_split
 from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.training import sharding
@@ -172,15 +172,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
           interactions: Interactions) -> TrainResult:
     """Trains ``model`` on the training split; returns the params with the best validation NDCG@10."""
     train_cfg = config.train
-    steps_per_epoch = num_train_examples(interactions) // train_cfg.batch_size
+    rows = model.training_rows(train_rows(interactions), interactions)
+    steps_per_epoch = len(rows) // train_cfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size={train_cfg.batch_size} exceeds the "
-                         f"{num_train_examples(interactions)} training examples; lower it")
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} exceeds the {len(rows)} training examples; "
+                         f"lower it")
     total_steps = total_train_steps(train_cfg, steps_per_epoch)
     eval_every = max(1, int(train_cfg.eval_every_epochs * steps_per_epoch))
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=train_cfg.batch_size, seed=config.seed,
-                         with_partner=model.needs_partner)
+                         with_partner=model.needs_partner, rows=rows)
     iterator = iter(data.to_iter_dataset())
     optimizer = make_optimizer(train_cfg, total_steps)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gr_jax.data.dataset import Interactions
-from gr_jax.data.pipeline import eval_dataset, num_train_examples, train_dataset
+from gr_jax.data.pipeline import eval_dataset, train_dataset, train_rows
 
 # 28 users of lengths 4..10; item id u * 100 + p encodes (user, position), so a target names its example.
 LENGTHS = [4, 5, 6, 7, 8, 9, 10] * 4
@@ -48,7 +48,7 @@ def _targets(batches: list[dict]) -> np.ndarray:
 
 
 def test_fixture_sizes(users):
-    assert num_train_examples(users) == NUM_TRAIN == len(ALL_TRAIN_TARGETS) == 112
+    assert len(train_rows(users)) == NUM_TRAIN == len(ALL_TRAIN_TARGETS) == 112
 
 
 def test_batches_are_well_formed_examples(users):

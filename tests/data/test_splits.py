@@ -26,24 +26,29 @@ def _rows(pairs) -> np.ndarray:
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
+def _of_lengths(lengths) -> Interactions:
+    """Users with the given sequence lengths (items do not matter to the splits)."""
+    return Interactions.from_lists([str(u) for u in range(len(lengths))], [[0] * int(n) for n in lengths])
+
+
 # ---------------------------------------------------------------- example_index
 
 
 def test_train_rows_are_positions_1_to_n_minus_3():
-    rows = example_index(np.array([3, 4, 6]), "train")
+    rows = example_index(_of_lengths([3, 4, 6]), "train")
     np.testing.assert_array_equal(rows, [[1, 1], [2, 1], [2, 2], [2, 3]])
     assert rows.dtype == np.int64 and rows.shape == (4, 2)
 
 
 def test_valid_and_test_targets_are_second_to_last_and_last():
     lengths = np.array([3, 4, 6])
-    np.testing.assert_array_equal(example_index(lengths, "valid"), [[0, 1], [1, 2], [2, 4]])
-    np.testing.assert_array_equal(example_index(lengths, "test"), [[0, 2], [1, 3], [2, 5]])
+    np.testing.assert_array_equal(example_index(_of_lengths(lengths), "valid"), [[0, 1], [1, 2], [2, 4]])
+    np.testing.assert_array_equal(example_index(_of_lengths(lengths), "test"), [[0, 2], [1, 3], [2, 5]])
 
 
 def test_targets_of_the_three_splits_do_not_overlap_and_cover_positions_1_to_n_minus_1():
     lengths = np.array([3, 4, 6, 5, 9])
-    split_sets = {s: {tuple(r) for r in example_index(lengths, s)} for s in ("train", "valid", "test")}
+    split_sets = {s: {tuple(r) for r in example_index(_of_lengths(lengths), s)} for s in ("train", "valid", "test")}
     assert not split_sets["train"] & split_sets["valid"]
     assert not split_sets["train"] & split_sets["test"]
     assert not split_sets["valid"] & split_sets["test"]
@@ -55,14 +60,30 @@ def test_targets_of_the_three_splits_do_not_overlap_and_cover_positions_1_to_n_m
 
 def test_users_shorter_than_three_get_no_examples():
     lengths = np.array([0, 1, 2, 3])
-    assert example_index(lengths, "train").shape == (0, 2)
-    np.testing.assert_array_equal(example_index(lengths, "valid"), [[3, 1]])
-    np.testing.assert_array_equal(example_index(lengths, "test"), [[3, 2]])
+    assert example_index(_of_lengths(lengths), "train").shape == (0, 2)
+    np.testing.assert_array_equal(example_index(_of_lengths(lengths), "valid"), [[3, 1]])
+    np.testing.assert_array_equal(example_index(_of_lengths(lengths), "test"), [[3, 2]])
+
+
+def test_positive_targets_make_the_last_two_clicks_valid_and_test_and_train_on_everything_before():
+    # Actions (view 0, click 1, skip 4): user 0 clicks at positions 1, 3, 4 (then skips); user 1 at 0 and 2
+    # only (its validation target has no history before it: no examples); user 2 at 2, 3, 5.
+    users = Interactions.from_lists(["a", "b", "c"], [[5, 6, 7, 8, 9, 1], [1, 2, 3], [4, 4, 4, 4, 4, 4, 4]],
+                                    actions=[[4, 1, 4, 1, 1, 4], [1, 4, 1], [4, 4, 1, 1, 4, 1, 4]])
+    marked = users.with_targets("positive")
+    np.testing.assert_array_equal(example_index(marked, "valid"), [[0, 3], [2, 3]])
+    np.testing.assert_array_equal(example_index(marked, "test"), [[0, 4], [2, 5]])
+    np.testing.assert_array_equal(example_index(marked, "train"), [[0, 1], [0, 2], [2, 1], [2, 2]])
+    np.testing.assert_array_equal(train_event_mask(marked), [1, 1, 1, 0, 0, 0] + [1, 1, 1] + [1, 1, 1, 0, 0, 0, 0])
+    # Without actions every event is positive: the positional split.
+    plain = _of_lengths([3, 5]).with_targets("positive")
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(example_index(plain, split), example_index(_of_lengths([3, 5]), split))
 
 
 def test_unknown_split_raises():
     with pytest.raises(ValueError, match="unknown split"):
-        example_index(np.array([4]), "validation")
+        example_index(_of_lengths([4]), "validation")
 
 
 # ---------------------------------------------------------------- assemble_batch
@@ -194,7 +215,7 @@ def test_same_target_partners_share_the_target_and_differ_when_possible():
     from gr_jax.data.splits import same_target_partners
 
     users = Interactions.from_lists(["a", "b", "c"], [[1, 2, 3, 4, 5, 9, 9], [7, 2, 3, 4, 0, 9, 9], [5, 6, 8, 0, 0]])
-    rows = example_index(users.lengths, "train")
+    rows = example_index(users, "train")
     partners = same_target_partners(users, rows, seed=0)
     target = lambda r: users.items[users.offsets[r[0]] + r[1]]
     for row, partner in zip(rows, rows[partners]):
@@ -202,3 +223,12 @@ def test_same_target_partners_share_the_target_and_differ_when_possible():
     counts = np.bincount([target(r) for r in rows])
     unique_target = np.array([counts[target(r)] == 1 for r in rows])
     assert np.all((partners == np.arange(len(rows))) == unique_target)
+
+
+def test_engaged_window_holds_the_last_positive_events_before_the_target_across_skips():
+    users = Interactions.from_lists(["a", "b"], [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10]],
+                                    actions=[[4, 1, 4, 1, 4, 1], [1, 1, 4, 1]]).with_targets("positive")
+    batch = assemble_batch(users, np.array([[0, 5], [1, 3], [0, 1]]), max_history=3)
+    np.testing.assert_array_equal(batch["engaged"], [[0, 2, 4], [0, 7, 8], [0, 0, 0]])
+    np.testing.assert_array_equal(batch["engaged_mask"], [[0, 1, 1], [0, 1, 1], [0, 0, 0]])
+    assert "engaged" not in assemble_batch(_of_lengths([4]), np.array([[0, 2]]), max_history=3)

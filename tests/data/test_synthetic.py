@@ -8,7 +8,15 @@ import pytest
 
 from gr_jax.data.dataset import ACTIONS, validate
 from gr_jax.data.errors import DataError
-from gr_jax.data.synthetic import EVENT_NOISE, EVENT_PREFERENCE, EVENT_SEQUENTIAL, SyntheticConfig, describe, generate
+from gr_jax.data.synthetic import (
+    EVENT_NOISE,
+    EVENT_PREFERENCE,
+    EVENT_SEQUENTIAL,
+    EXPOSURE_POPULAR,
+    SyntheticConfig,
+    describe,
+    generate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +195,29 @@ def test_long_tail_collaborative_signal_is_noisier(default):
     noise = truth.event_kind == EVENT_NOISE
     tail_events = tail[items]
     assert noise[tail_events].mean() > 3 * noise[~tail_events].mean()
+
+
+def test_exposure_log_has_the_configured_ctr_and_clicks_follow_the_true_click_model():
+    config = SyntheticConfig(num_users=400, num_items=300, branching=(3, 3, 2), exposure_log=True, target_ctr=0.05,
+                             exposures_per_event=20)
+    dataset, truth = generate(config)
+    actions = dataset.users.actions
+    clicked = np.isin(actions, [ACTIONS.index(a) for a in ("click", "cart", "buy")])
+    assert set(np.unique(actions)) <= {ACTIONS.index(a) for a in ("click", "cart", "buy", "skip")}
+    np.testing.assert_allclose(truth.click_prob.mean(), 0.05, rtol=1e-3)  # the solved bias
+    assert abs(clicked.mean() - 0.05) < 0.005  # the logged CTR, a binomial draw around it
+    # Labels follow the click model: per decile of the true probability, the click rate matches it.
+    deciles = np.quantile(truth.click_prob, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(deciles, truth.click_prob, side="right") - 1, 0, 9)
+    for d in range(10):
+        inside = which == d
+        assert abs(clicked[inside].mean() - truth.click_prob[inside].mean()) < 0.02
+    # The logging policy's shares and sources: personalised exposures are clicked far more often.
+    shares = np.bincount(truth.event_kind - EXPOSURE_POPULAR, minlength=3) / len(actions)
+    np.testing.assert_allclose(shares, config.exposure_policy, atol=0.01)
+    personalised = truth.event_kind == EXPOSURE_POPULAR + 1
+    assert clicked[personalised].mean() > 2 * clicked[~personalised].mean()
+    # per_event aligns the generation-order values with a subset of users.
+    keys = dataset.users.user_keys[5:8]
+    np.testing.assert_array_equal(truth.per_event(np.arange(len(actions)), keys),
+                                  np.arange(dataset.users.offsets[5], dataset.users.offsets[8]))

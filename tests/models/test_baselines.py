@@ -168,7 +168,7 @@ def test_transitions_never_cross_users(users):
 def test_cooccurrence_on_assembled_eval_batch(users):
     # End to end with the real batch layout: the valid target of u2 (history [1, 2]) -> ranked by 2's
     # transitions (none) and 1's (2, 3) at weight 0.5.
-    rows = example_index(users.lengths, "valid")
+    rows = example_index(users, "valid")
     batch = assemble_batch(users, rows, max_history=4)
     ranked = _cooc(users).topk(batch, 3)
     assert ranked.shape == (len(SEQS), 3)

@@ -53,7 +53,7 @@ class Dropout(nn.Module):
     impl: str = "hash"
 
     def __post_init__(self):
-        check_choice("model.dropout_impl", self.impl)
+        check_choice("dropout_impl", self.impl)
         super().__post_init__()
 
     @nn.compact

@@ -34,7 +34,7 @@ class LayerConfig:
     dropout_impl: str = "hash"  # hash (fast) | threefry (reference)
 
     def __post_init__(self):
-        check_choice("model.dropout_impl", self.dropout_impl)
+        check_choice("dropout_impl", self.dropout_impl)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout}; expected a rate in [0, 1)")
 

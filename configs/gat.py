@@ -1,0 +1,70 @@
+"""Generative Action Transformer (user-modeling design doc §4): a decoder-only transformer over
+the user's Q-Former profile and interleaved item / action tokens; retrieval generates the next
+item's RQ-KMeans codes after a target action, ranking predicts the action on a given item.
+
+Variants: default (a synthetic exposure log: a logging policy shows items, clicks at a few
+percent), ``:tiny`` (tests), ``:scientific`` (Scientific, all events positive, at TIGER's
+``:scientific`` budget). ``--config.model.init_qformer_from=WORKDIR`` starts the Q-Former from a
+``configs/qformer.py`` run with the same Q-Former fields (frozen by ``train.frozen``).
+"""
+
+import ml_collections
+
+from configs import common, features, tiger, tokenizers, two_tower
+
+
+def model_config() -> ml_collections.ConfigDict:
+    m = two_tower.qformer_model("gat")  # the user's Q-Former (M = 32 queries): the system prompt
+    m.item_features = "text"  # frozen item features of the Q-Former and of E_static
+    m.init_qformer_from = ""  # a finished configs/qformer.py run's WORKDIR ('' = random init)
+    m.decoder = ml_collections.ConfigDict()  # the decoder-only transformer (RoPE, causal, KV cache)
+    m.decoder.embed_dim = 128
+    m.decoder.num_layers = 2
+    m.decoder.num_heads = 4
+    m.decoder.head_dim = 32
+    m.decoder.num_kv_heads = 0  # 0 = num_heads
+    m.decoder.mlp_dim = 512
+    m.decoder.dropout = 0.1
+    m.decoder.dropout_impl = "hash"
+    m.decoder.rope_base = 10_000.0
+    m.contextual_residual = True  # E = (1 - g) E_static + g E_learn; False: E_static only
+    m.gate_hidden = 64  # width of the residual gate's MLP
+    m.target_action = "click"  # the intent retrieval conditions on
+    m.negatives_per_positive = 1  # training keeps 1:k positive:negative targets (k = this; 0 keeps all)
+    m.negative_sample_seed = 0
+    m.negative_item_weight = 0.0  # weight of -log(1 - P(item | history, click)) on skipped targets (§4.3.4)
+    m.beam_size = 20
+    m.exclude_history = False  # drop items the user already engaged with from the retrieved list
+    m.engaged_history = True  # also read the last max_history engaged events, not only the last events
+    return m
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    common.check_variant(arg, ("tiny", "scientific"))
+    c = common.base_config("gat", stages="data,features,tokenize,train,eval")
+    c.data.synthetic.exposure_log = True
+    c.data.targets = "positive"  # valid/test targets are each user's last two clicks
+    c.features = features.features_config(text=True, cf=False)
+    c.tokenizer = tokenizers.tokenizer_config("rq_kmeans", embeddings="text")
+    c.tokenizer.rq_kmeans.residual = "tangent"  # no hub codes at deeper levels (BENCHMARKS.md, codebook health)
+    # Residual k-means on MiniLM text leaves more than 0.8 of the energy at its third level
+    # (BENCHMARKS.md, codebook health): usage, perplexity and collision limits still apply.
+    c.tokenizer.health.max_energy_ratio = -1.0
+    c.model = model_config()
+    c.train.update(tiger.TRAIN)
+    c.train.frozen = ("qformer",)
+    c.train.num_epochs = 10
+    c.train.eval_every_epochs = 2
+    if not arg:
+        c.tokenizer.rq_kmeans.codebook_size = 64  # 1,000 synthetic items (as configs/prism.py)
+    elif arg == "tiny":
+        common.use_tiny(c)
+        c.data.synthetic.update(exposures_per_event=8, target_ctr=0.15)
+        tokenizers.shrink_for_tiny(c.tokenizer)
+        c.model.update({k: v for k, v in two_tower.TINY_MODEL.items() if k in c.model})
+        c.model.decoder.update(embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)
+        c.model.update(gate_hidden=16, beam_size=10)
+    elif arg == "scientific":
+        common.use_scientific(c)
+        c.train.update(tiger.SCIENTIFIC)
+    return c
