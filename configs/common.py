@@ -56,6 +56,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.early_stop_patience = 5  # evaluations without valid ndcg@10 improvement; 0 disables
     c.checkpoint_keep = 2
     c.checkpoint_every_steps = 0  # extra 'latest' checkpoints between evaluations; 0 = at evaluations only
+    c.checkpoint_every_minutes = 10.0  # and whenever this long has passed since the last one; 0 = off
     c.frozen = ()  # parameter paths kept fixed: prefixes ('qformer') or globs ('gat/blocks_*')
     return c
 

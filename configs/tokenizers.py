@@ -16,6 +16,7 @@ def tokenizer_config(name: str, embeddings: str = "text") -> ml_collections.Conf
     c.input = embeddings  # text | cf | text+cf (features stage outputs); prism always reads text and cf
     c.collisions = "dedup_digit"  # dedup_digit (extra digit) | reassign (min-cost last level) | none
     c.index_json = ""  # tokenizer.name=index_json: an LC-Rec NAME.index.json to import
+    c.index_json_codebook_size = 0  # codes per level of the imported SIDs; 0 = the largest code + 1
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(SETTINGS[name]()))
     c.health = ml_collections.ConfigDict(
         {k: (-1.0 if v is None else float(v)) for k, v in dataclasses.asdict(HealthThresholds()).items()})

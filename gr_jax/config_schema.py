@@ -39,6 +39,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Numeric fields and the least value each may take (a config path matches the longest key that
+# ends it): ``(minimum, inclusive)``.
+MINIMUMS: dict[str, tuple[float, bool]] = {
+    "train.learning_rate": (0.0, True), "train.batch_size": (1, True), "train.num_epochs": (0, True),
+    "train.num_steps": (0, True), "train.warmup_steps": (0, True), "train.weight_decay": (0.0, True),
+    "train.grad_clip_norm": (0.0, False), "train.eval_every_epochs": (0.0, False),
+    "train.checkpoint_keep": (1, True), "train.checkpoint_every_minutes": (0.0, True),
+    "eval.list_size": (1, True), "eval.batch_size": (1, True), "data.max_history": (1, True),
+    "data.min_user_events": (3, True), "beam_size": (1, True), "dropout": (0.0, True),
+    "learning_rate": (0.0, True), "codebook_size": (1, True), "num_levels": (1, True),
+    "index_json_codebook_size": (0, True),
+}
+MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive
+
+
 class ConfigError(ValueError):
     """A config field holds a value the code cannot run; the message names the field and the fix."""
 
@@ -60,6 +75,26 @@ def check_choice(path: str, value: Any) -> None:
         raise ConfigError(f"{path}={value!r}; expected one of {', '.join(valid)}")
 
 
+def _match(table: dict, path: str):
+    parts = path.split(".")
+    for start in range(len(parts)):
+        key = ".".join(parts[start:])
+        if key in table:
+            return table[key]
+    return None
+
+
+def check_range(path: str, value: Any) -> None:
+    """Raises ``ConfigError`` when a numeric field is outside its valid range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high = _match(MINIMUMS, path), _match(MAXIMUMS, path)
+    if low is not None and (value < low[0] or (value == low[0] and not low[1])):
+        raise ConfigError(f"{path}={value}; it must be {'at least' if low[1] else 'above'} {low[0]}")
+    if high is not None and value >= high:
+        raise ConfigError(f"{path}={value}; it must be below {high}")
+
+
 def _leaves(section: Any, prefix: str = ""):
     for key, value in section.items():
         path = f"{prefix}{key}"
@@ -70,10 +105,11 @@ def _leaves(section: Any, prefix: str = ""):
 
 
 def validate(config: Any) -> None:
-    """Checks every string option of a loaded ``ml_collections.ConfigDict`` and that the
-    tokenizer it names has its settings section."""
+    """Checks every string option and numeric range of a loaded ``ml_collections.ConfigDict`` and
+    that the tokenizer it names has its settings section."""
     for path, value in _leaves(config):
         check_choice(path, value)
+        check_range(path, value)
     tokenizer = config.get("tokenizer")
     if tokenizer is not None and tokenizer.name != "index_json" and tokenizer.name not in tokenizer:
         present = [name for name in TOKENIZERS if name in tokenizer]

@@ -78,3 +78,10 @@ def test_cli_unknown_data_dir_is_a_clear_error(tmp_path):
 def test_unknown_stage_is_rejected():
     with pytest.raises(ValueError, match="unknown stage"):
         stages.parse_stages("data,trian")
+
+
+def test_a_stage_the_system_has_no_section_for_is_rejected_naming_its_stages():
+    from configs import sasrec
+
+    with pytest.raises(ValueError, match="sasrec has no 'features' section.*its stages: data,train,eval"):
+        stages.parse_stages("data,features,train", sasrec.get_config("tiny"))

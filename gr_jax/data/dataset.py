@@ -187,6 +187,11 @@ def validate(dataset: Dataset, min_user_events: int = 3, source: str = "", targe
                         "positive " if targets == "positive" else "")
         users = users.select_users(~short)
     report["users_dropped_too_short"] = int(short.sum())
+    same_user = np.repeat(np.arange(len(users)), users.lengths)
+    repeats = int(((users.items[1:] == users.items[:-1]) & (same_user[1:] == same_user[:-1])).sum())
+    report["consecutive_repeats_kept"] = repeats
+    if repeats:
+        logging.info("%d events%s repeat the user's previous item; they are kept (re-interactions).", repeats, where)
     empty_titles = sum(1 for t in dataset.items.title if not t.strip())
     empty_text = sum(1 for t, d in zip(dataset.items.title, dataset.items.description) if not (t.strip() or d.strip()))
     if empty_text:

@@ -221,9 +221,14 @@ def write_index_json(path: str, item_keys: list[str], codes: np.ndarray) -> None
     os.replace(tmp, path)
 
 
-def find_lcrec_name(data_dir: str) -> str | None:
-    """Name prefix of the single ``*.inter.json`` in ``data_dir`` with a matching ``*.item.json``, else None."""
+def lcrec_names(data_dir: str) -> list[str]:
+    """Name prefixes of the ``*.inter.json`` files in ``data_dir`` with a matching ``*.item.json``."""
     suffix = ".inter.json"
     names = [os.path.basename(p)[:-len(suffix)] for p in glob.glob(os.path.join(glob.escape(data_dir), "*" + suffix))]
-    names = [n for n in names if os.path.isfile(os.path.join(data_dir, f"{n}.item.json"))]
+    return sorted(n for n in names if os.path.isfile(os.path.join(data_dir, f"{n}.item.json")))
+
+
+def find_lcrec_name(data_dir: str) -> str | None:
+    """Name prefix of the single LC-Rec dataset in ``data_dir``, else None."""
+    names = lcrec_names(data_dir)
     return names[0] if len(names) == 1 else None

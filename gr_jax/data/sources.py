@@ -43,6 +43,9 @@ def _read(data: ml_collections.ConfigDict) -> tuple[Dataset, str]:
         raise DataError(f"data.dir={data.dir!r} is not a directory; pass --config.data.dir=DIR with the raw files")
     if data.format == "lcrec":
         name = data.name or lcrec.find_lcrec_name(data.dir)
+        if not name and len(lcrec.lcrec_names(data.dir)) > 1:
+            raise DataError(f"{data.dir} holds several LC-Rec datasets ({', '.join(lcrec.lcrec_names(data.dir))}); "
+                            f"choose one with --config.data.name=NAME")
         if not name:
             present = sorted(os.listdir(data.dir))[:20]
             raise DataError(f"no NAME.inter.json + NAME.item.json pair found in {data.dir} (found: {present}); "

@@ -11,13 +11,16 @@ eval       ``Dataset``, params + what the model reads           metrics: ``WORKD
 =========  ===================================================  ====================================
 
 ``Artifacts`` holds one workdir's artifacts: each is made by its stage in this process or loaded
-once from the workdir. Before anything runs, every artifact a configured stage reads must be made
-by an earlier configured stage or be on disk; otherwise the run stops naming the stage that makes
-it. Each stage also writes ``WORKDIR/<stage>/summary.json``.
+once from the workdir. Before anything runs, the config is validated and every artifact a
+configured stage reads must be made by an earlier configured stage or be on disk; otherwise the
+run stops naming the stage that makes it. A run holds the workdir's lock and records itself in
+``WORKDIR/runs.jsonl`` (``run_record``); the train stage keeps the config it trained with in
+``WORKDIR/train/config.json``. Each stage also writes ``WORKDIR/<stage>/summary.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -36,7 +39,9 @@ from gr_jax.data.dataset import Dataset
 from gr_jax.evaluation.evaluator import evaluate, format_table
 from gr_jax.models import registry
 from gr_jax.models.recommender import ActionRanker, Recommender
+from gr_jax.stages import run_record
 from gr_jax.stages.features import Features
+from gr_jax.stages.run_record import WorkdirBusyError  # noqa: F401 (re-exported for the CLI)
 from gr_jax.tokenizers.sid_table import SIDTable
 from gr_jax.training import trainer
 from gr_jax.training.checkpoint import has_best_checkpoint
@@ -161,7 +166,7 @@ def load_pretrained_qformer(a: Artifacts) -> dict:
     from gr_jax.models.qformer_pretrain import SHAPE_FIELDS, QFormerPretrainRecommender
 
     run_dir, model_config = a.config.model.init_qformer_from, a.config.model
-    path = os.path.join(run_dir, "config.json")
+    path = training_config_path(run_dir)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model.init_qformer_from={run_dir!r}: {path} not found; give the WORKDIR of a "
                                 "finished qformer run (python -m gr_jax.main --config=configs/qformer.py ...)")
@@ -182,9 +187,34 @@ def load_pretrained_qformer(a: Artifacts) -> dict:
     return params["qformer"]
 
 
+def training_config_path(workdir: str) -> str:
+    """Where a run keeps the config it trained with (``config.json`` in runs before the run record)."""
+    path = os.path.join(workdir, "train", "config.json")
+    return path if os.path.isfile(path) else os.path.join(workdir, "config.json")
+
+
+# Sections whose fields shape the trained model: an eval-only run that changes them is warned.
+MODEL_SECTIONS = ("data", "features", "tokenizer", "model")
+
+
+def config_changes(trained: dict, current: dict, sections=MODEL_SECTIONS) -> list[str]:
+    """``section.field (trained X, now Y)`` for every leaf of ``sections`` that differs."""
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    old = {k: v for s in sections for k, v in leaves(trained.get(s, {}), f"{s}.")}
+    new = {k: v for s in sections for k, v in leaves(current.get(s, {}), f"{s}.")}
+    return [f"{k} (trained {old.get(k)!r}, now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
 def run_train(a: Artifacts) -> dict:
     """Fits a count baseline or trains a neural model (best params kept by validation NDCG@10)."""
     config, interactions = a.config, a.dataset.users
+    if is_primary():
+        os.makedirs(a.path("train"), exist_ok=True)
+        with open(a.path("train", "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     pretrained = load_pretrained_qformer(a) if config.model.get("init_qformer_from") else None
     model = a.model(pretrained_qformer=pretrained)
     if not model.trainable:
@@ -207,6 +237,11 @@ def run_train(a: Artifacts) -> dict:
 def run_eval(a: Artifacts) -> dict:
     """Full-catalogue top-K on valid/test; writes ``eval/metrics.json`` and prints a table."""
     config, model, size = a.config, a.model(), a.config.eval.list_size
+    if a.params is None and os.path.isfile(training_config_path(a.workdir)):
+        with open(training_config_path(a.workdir)) as f:
+            changes = config_changes(json.load(f), json.loads(config.to_json_best_effort()))
+        if changes:
+            logging.warning("Evaluating a model trained with another config: %s", "; ".join(changes))
     if a.params is None and model.trainable:
         a.params = trainer.restore_best_params(a.path("train"), model, a.dataset.users, config)
     elif a.params is None:
@@ -274,11 +309,21 @@ STAGES: dict[str, Stage] = {
 PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
 
 
-def parse_stages(spec: str) -> list[str]:
+# The config section a stage reads (a system without it does not run that stage).
+STAGE_SECTIONS = {"data": "data", "features": "features", "tokenize": "tokenizer", "train": "model", "eval": "model"}
+
+
+def parse_stages(spec: str, config: Any = None) -> list[str]:
+    """The stage names of ``config.stages``; with ``config``, only stages that config has sections for."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
         raise ValueError(f"config.stages={spec!r}: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    unused = [s for s in names if config is not None and STAGE_SECTIONS[s] not in config]
+    if unused:
+        raise ValueError(f"config.stages={spec!r}: {config.name} has no {STAGE_SECTIONS[unused[0]]!r} section, so "
+                         f"no {unused[0]} stage; its stages: "
+                         f"{','.join(s for s in STAGES if STAGE_SECTIONS[s] in config)}")
     return names
 
 
@@ -301,16 +346,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Artifacts:
         raise ValueError(f"--workdir={workdir} is a URL; gr_jax writes through the local filesystem, so use a "
                          f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
     config_schema.validate(config)
-    names = parse_stages(config.stages)
+    names = parse_stages(config.stages, config)
     artifacts = Artifacts(config, workdir)
     check_inputs(names, artifacts)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    for name in names:
-        tic = time.time()
-        logging.info("=== stage %s ===", name)
-        summary = STAGES[name].run(artifacts)
-        write_json(artifacts.path(name, "summary.json"), summary | {"seconds": time.time() - tic})
-        logging.info("=== stage %s done in %.1fs ===", name, time.time() - tic)
+    with contextlib.ExitStack() as stack:
+        if is_primary():  # the other processes of a multi-host run share the workdir
+            stack.enter_context(run_record.workdir_lock(workdir))
+            stack.enter_context(run_record.record_invocation(workdir, config))
+        for name in names:
+            tic = time.time()
+            logging.info("=== stage %s ===", name)
+            summary = STAGES[name].run(artifacts)
+            write_json(artifacts.path(name, "summary.json"), summary | {"seconds": time.time() - tic})
+            logging.info("=== stage %s done in %.1fs ===", name, time.time() - tic)
     return artifacts

@@ -186,7 +186,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     out_dir = os.path.join(workdir, "tokenize")
     tic = time.time()
     if tok.name == "index_json":
-        table = SIDTable.from_index_json(tok.index_json, dataset.items.keys)
+        declared = tok.index_json_codebook_size
+        table = SIDTable.from_index_json(tok.index_json, dataset.items.keys, declared if declared > 0 else None)
         report = health.compute_health(table.codes, table.codebook_sizes)
         info = {"imported": tok.index_json, "note": "collision rates are those of the imported (final) SIDs"}
     else:

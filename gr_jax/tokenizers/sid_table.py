@@ -188,11 +188,22 @@ class SIDTable:
 
     @classmethod
     def from_index_json(cls, path: str, item_keys: list[str],
-                        codebook_sizes: Sequence[int] | None = None) -> SIDTable:
-        """Reads an LC-Rec ``X.index.json``; ``codebook_sizes`` default to max code + 1 per level."""
+                        codebook_sizes: Sequence[int] | int | None = None) -> SIDTable:
+        """Reads an LC-Rec ``X.index.json``; ``codebook_sizes`` (one per level, or one for every level)
+        default to max code + 1 per level. A code outside a declared size is an error naming the item
+        and its token."""
         codes = read_index_json(path, item_keys)
+        if isinstance(codebook_sizes, int):
+            codebook_sizes = (codebook_sizes,) * codes.shape[1]
         if codebook_sizes is None:
             codebook_sizes = tuple(int(k) + 1 for k in codes.max(axis=0)) if codes.size else (0,) * codes.shape[1]
+        for level, size in enumerate(codebook_sizes):
+            bad = np.flatnonzero(codes[:, level] >= size) if level < codes.shape[1] else []
+            if len(bad):
+                token = f"<{chr(ord('a') + level)}_{codes[bad[0], level]}>"
+                raise DataError(f"{path}: item {item_keys[bad[0]]!r} has {token}, outside level {level}'s codebook of "
+                                f"{size} codes ({len(bad)} such items); fix the index or declare the codebook "
+                                f"size (tokenizer.index_json_codebook_size)")
         return cls(codes=codes, codebook_sizes=tuple(codebook_sizes), meta={"source": os.path.basename(path)})
 
     def to_index_json(self, path: str, item_keys: list[str]) -> None:

@@ -1,10 +1,31 @@
-"""Orbax checkpoints: the latest state (with the Grain iterator state) for resume, and the best by metric."""
+"""Orbax checkpoints: the latest state (with the Grain iterator state) for resume, and the best by metric.
+
+A latest checkpoint that does not restore (a killed write, a damaged disk) is reported by path
+and step and skipped for the newest one that does (``checkpoint_keep`` keeps older ones);
+directories a killed writer left half-written are removed when the manager opens.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 
 import orbax.checkpoint as ocp
+
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def remove_stale_writes(directory: str) -> list[str]:
+    """Deletes the half-written checkpoint directories (``*.orbax-checkpoint-tmp*``) under ``directory``."""
+    if not os.path.isdir(directory):
+        return []
+    stale = [os.path.join(directory, name) for name in os.listdir(directory) if TMP_MARK in name]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        logging.warning("Removed %d half-written checkpoint(s) of an interrupted run in %s.", len(stale), directory)
+    return stale
 
 
 def has_best_checkpoint(directory: str) -> bool:
@@ -18,6 +39,9 @@ class Checkpoints:
 
     def __init__(self, directory: str, metric: str, keep: int = 2):
         directory = os.path.abspath(directory)
+        for kind in ("latest", "best"):
+            remove_stale_writes(os.path.join(directory, kind))
+        self.directory = directory
         self.metric = metric
         self.latest = ocp.CheckpointManager(
             os.path.join(directory, "latest"), item_names=("state", "data"),
@@ -37,20 +61,36 @@ class Checkpoints:
                        metrics={self.metric: float(metrics[self.metric])})
 
     def restore_latest(self, abstract_state):
-        """(state, data_state) of the latest checkpoint, or None when there is none."""
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored.state, restored.data
+        """(state, data_state) of the newest checkpoint that restores, or None when there is none."""
+        failed = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                restored = self.latest.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            except Exception as error:  # noqa: BLE001 (any failure to read it: skip to the previous one)
+                path = os.path.join(self.directory, "latest", str(step))
+                logging.warning("Checkpoint %s (step %d) does not restore (%s: %s); trying the previous one.", path,
+                                step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+                failed.append(path)
+                continue
+            if failed:
+                logging.warning("Resuming from step %d; unreadable newer checkpoint(s): %s", step, ", ".join(failed))
+            return restored.state, restored.data
+        if failed:
+            raise ValueError(f"no checkpoint in {self.directory}/latest restores ({', '.join(failed)}); delete them "
+                             f"to train from scratch")
+        return None
 
     def restore_best(self, abstract_params):
         step = self.best.best_step()
         if step is None:
             return None
-        return self.best.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params))).params
+        try:
+            return self.best.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params))).params
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"the best checkpoint {self.directory}/best/{step} does not restore "
+                             f"({type(error).__name__}); rerun the train stage") from error
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

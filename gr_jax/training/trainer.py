@@ -3,9 +3,12 @@
 Runs inside a ``(data, model)`` device mesh with logical-axis sharding rules: the train
 state is created directly in its sharding, the step is one jitted function with donated
 state, batches are split along ``data``. Around it: periodic validation, best/latest
-Orbax checkpoints with the Grain iterator state (resume is the default), early stopping,
-TensorBoard + JSONL metrics, a progress line with throughput and ETA, and a hard stop on
-non-finite loss or gradients.
+Orbax checkpoints with the Grain iterator state (resume is the default; also every
+``train.checkpoint_every_minutes``), early stopping, TensorBoard + JSONL metrics, a progress
+line with throughput and ETA, and a hard stop on non-finite loss or gradients. SIGTERM or
+SIGINT (a preempted VM, a scheduler, Ctrl-C) saves the latest checkpoint at the next step
+boundary and raises ``Preempted``; rerunning the command resumes from that step with the
+batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -49,6 +54,42 @@ class TrainState:
 
 class NonFiniteError(FloatingPointError):
     """Loss or gradients became NaN/Inf."""
+
+
+class Preempted(Exception):  # noqa: N818 (a stop, not an error)
+    """SIGTERM/SIGINT stopped training after its latest checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at step {step} after saving a checkpoint")
+        self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only record that they arrived (``received``), so that the
+    training loop can checkpoint at a step boundary before stopping. Handlers can only be set from
+    the main thread; elsewhere signals keep their default behaviour."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        del frame
+        if self.received is None:
+            logging.warning("Signal %d received: checkpointing at the next step boundary, then stopping.", signum)
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def make_train_step(model: TrainableRecommender, optimizer: optax.GradientTransformation):
@@ -186,7 +227,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
     optimizer = make_optimizer(train_cfg, total_steps)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    with mesh_context(config) as mesh:
+    with contextlib.ExitStack() as stack:
+        stack.callback(writer.close)
+        stack.callback(checkpoints.close)
+        mesh = stack.enter_context(mesh_context(config))
+        signals = stack.enter_context(StopSignals())
         state, shardings = create_state(model, optimizer, config, mesh, sharding.shard_batch(data[0], mesh),
                                         config.seed)
         num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
@@ -207,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
                              train_cfg.batch_size, start_step)
         train_start = time.time()
         stopped_early = bool(train_cfg.early_stop_patience) and loop["bad_evals"] >= train_cfg.early_stop_patience
-        step = start_step
+        step, saved_at = start_step, time.time()
         while step < total_steps and not stopped_early:
             step += 1
             state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
@@ -230,15 +275,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
                 if stopped_early:
                     logging.info("Early stop: no valid %s improvement in %d evaluations.", SELECT_METRIC,
                                  loop["bad_evals"])
-            if evaluate_now or (train_cfg.checkpoint_every_steps and step % train_cfg.checkpoint_every_steps == 0):
+            every_steps, every_minutes = train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_minutes
+            periodic = (every_steps and step % every_steps == 0) or \
+                (every_minutes and time.time() - saved_at >= 60 * every_minutes)
+            if evaluate_now or periodic or signals.received:
                 progress.flush(step)  # never checkpoint a state whose loss went non-finite
                 checkpoints.save_latest(step, state, {"iterator": iterator.get_state(), "loop": loop})
+                saved_at = time.time()
+            if signals.received:
+                checkpoints.wait()
+                raise Preempted(signals.received, step)
             if evaluate_now:
                 progress.restart(step)
         checkpoints.wait()
         best_params = checkpoints.restore_best(state.params)
-    checkpoints.close()
-    writer.close()
     title = f"{config.name} on {config.data.name or config.data.format}"
     curves = None if jax.process_index() else plot_training_curves(workdir, title=title)
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
