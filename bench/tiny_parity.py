@@ -65,7 +65,7 @@ def compare(expected: dict, actual: dict, atol: float, path: str = "") -> list[s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--record", help="write the metrics of every system to this JSON file")
+    mode.add_argument("--record", help="write the metrics of --systems to this JSON file (other systems in it kept)")
     mode.add_argument("--check", help="compare against this JSON file; exit 1 on any difference")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--atol", type=float, default=1e-6)
@@ -92,6 +92,9 @@ def main() -> int:
             failed |= bool(problems)
         emit(line)
     if args.record:
+        if os.path.exists(args.record):
+            with open(args.record) as f:
+                results = json.load(f) | results
         with open(args.record, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
     return 1 if failed else 0

@@ -67,4 +67,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "scientific":
         common.use_scientific(c)
         c.train.update(tiger.SCIENTIFIC)
+        c.train.frozen = ()  # no pre-trained Q-Former at this budget: trained end to end
     return c
