@@ -26,7 +26,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<config>-<timestamp>).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() first (TPU pods, multi-host GPU).")
+                               "Join a multi-process run with jax.distributed.initialize() first (TPU pods, "
+                               "GPU/CPU clusters).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's id.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors caused by bad input.")
 flags.mark_flags_as_required(["config"])
 
@@ -107,6 +111,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def distributed_settings() -> tuple[str | None, int | None, int | None]:
+    """Coordinator address, process count and id from the flags, else from ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; what stays None JAX discovers (TPU VMs, SLURM, ...)."""
+    env = os.environ
+    count = _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else env.get("JAX_NUM_PROCESSES")
+    index = _PROCESS_ID.value if _PROCESS_ID.value is not None else env.get("JAX_PROCESS_ID")
+    return (_COORDINATOR.value or env.get("JAX_COORDINATOR_ADDRESS"), None if count is None else int(count),
+            None if index is None else int(index))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -115,8 +129,10 @@ def main(argv):
     if _MULTIHOST.value:
         import jax
 
-        jax.distributed.initialize()
-        logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPU/TPU ignore it
+        jax.distributed.initialize(*distributed_settings())
+        logging.info("Process %d of %d, %d local of %d devices.", jax.process_index(), jax.process_count(),
+                     jax.local_device_count(), jax.device_count())
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     logging.info("Workdir: %s", workdir)
     try:

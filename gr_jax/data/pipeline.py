@@ -1,6 +1,8 @@
 """Grain input pipelines over leave-one-out examples.
 
-Training: example index -> shuffle(seed) -> shard by process -> repeat -> batch -> assemble.
+Training: example index -> shuffle(seed) -> repeat -> global batch -> this process's slice ->
+assemble. Slicing whole global batches (not the example stream) makes a run on P processes see
+exactly the global batches of a one-process run, so the two train the same model.
 Batches are assembled vectorised from the in-memory ragged sequences (one numpy gather per
 batch), so the pipeline costs microseconds per example. The iterator state is a small
 dict (``get_state``/``set_state``) saved with the model checkpoint.
@@ -23,7 +25,8 @@ def _process_shard() -> tuple[int, int]:
 def train_dataset(interactions: Interactions, *, max_history: int, global_batch_size: int, seed: int,
                   num_epochs: int | None = None, shard: tuple[int, int] | None = None,
                   with_partner: bool = False, rows: np.ndarray | None = None) -> grain.MapDataset:
-    """Shuffled, repeated training batches for this process (``global_batch_size / process_count`` rows).
+    """Shuffled, repeated training batches for this process: rows ``[i·B/P, (i+1)·B/P)`` of each
+    global batch of ``B = global_batch_size`` for process ``i`` of ``P``.
 
     ``rows``: the training examples, (user, target position) rows (default: every one of the train
     split). ``with_partner`` adds ``partner_history``/``partner_history_mask``: the history of
@@ -46,11 +49,10 @@ def train_dataset(interactions: Interactions, *, max_history: int, global_batch_
 
     # Grain reshuffles epoch e with seed + e, so neighbouring user seeds are decorrelated first.
     shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-    usable = len(rows) - len(rows) % count  # equal shards: each epoch drops a different (shuffled) tail
-    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed)[:usable][index::count]
-    ds = ds.repeat(num_epochs)
-    ds = ds.batch(global_batch_size // count, drop_remainder=True)
-    return ds.map(lambda ids: assemble(np.asarray(ids)))
+    local = global_batch_size // count
+    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed).repeat(num_epochs)
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    return ds.map(lambda ids: assemble(np.asarray(ids)[index * local:(index + 1) * local]))
 
 
 def eval_dataset(interactions: Interactions, split: str, *, max_history: int, batch_size: int,

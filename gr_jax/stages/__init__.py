@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,18 @@ from gr_jax.training.checkpoint import has_best_checkpoint
 def is_primary() -> bool:
     """Only process 0 writes shared outputs on multi-host runs."""
     return jax.process_index() == 0
+
+
+def run_on_primary(name: str, stage: Callable[[], dict]) -> dict:
+    """Runs a stage that only writes shared files on process 0 while the others wait at a barrier
+    (they then read its artifacts from the shared workdir); a single process just runs it."""
+    if jax.process_count() == 1:
+        return stage()
+    from jax.experimental import multihost_utils
+
+    summary = stage() if is_primary() else {}
+    multihost_utils.sync_global_devices(f"gr_jax stage {name} written")
+    return summary
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -230,7 +243,8 @@ def run_train(a: Artifacts) -> dict:
     vectors = model.item_embeddings(a.params)
     if vectors is not None:
         summary["item_embeddings"] = a.path("train", "item_embeddings.npy")
-        np.save(summary["item_embeddings"], np.asarray(vectors))
+        if is_primary():
+            np.save(summary["item_embeddings"], np.asarray(vectors))
     return summary
 
 
@@ -309,6 +323,10 @@ STAGES: dict[str, Stage] = {
 PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
 
 
+# Stages whose work is host-local and whose output is shared files: on a multi-process run, process
+# 0 runs them and the others read what it wrote (train and eval run on every process).
+PRIMARY_STAGES = ("data", "features", "tokenize")
+
 # The config section a stage reads (a system without it does not run that stage).
 STAGE_SECTIONS = {"data": "data", "features": "features", "tokenize": "tokenizer", "train": "model", "eval": "model"}
 
@@ -347,17 +365,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Artifacts:
                          f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
     config_schema.validate(config)
     names = parse_stages(config.stages, config)
+    if jax.process_count() > 1 and "features" in names and config.features.cf.enabled:
+        raise ValueError("features.cf trains its own model, which a multi-process features stage does not run yet: "
+                         "run --config.stages=data,features in one process first, then the rest with --multihost")
     artifacts = Artifacts(config, workdir)
     check_inputs(names, artifacts)
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if is_primary():  # the other processes of a multi-host run share the workdir
             stack.enter_context(run_record.workdir_lock(workdir))
-            stack.enter_context(run_record.record_invocation(workdir, config))
+            stack.enter_context(run_record.record_invocation(workdir, config, jax.process_count()))
         for name in names:
             tic = time.time()
             logging.info("=== stage %s ===", name)
-            summary = STAGES[name].run(artifacts)
+            stage = functools.partial(STAGES[name].run, artifacts)
+            summary = run_on_primary(name, stage) if name in PRIMARY_STAGES else stage()
             write_json(artifacts.path(name, "summary.json"), summary | {"seconds": time.time() - tic})
             logging.info("=== stage %s done in %.1fs ===", name, time.time() - tic)
     return artifacts

@@ -73,14 +73,16 @@ def workdir_lock(workdir: str):
 
 
 @contextlib.contextmanager
-def record_invocation(workdir: str, config: ml_collections.ConfigDict):
-    """Appends this invocation's start and end to ``WORKDIR/runs.jsonl``."""
+def record_invocation(workdir: str, config: ml_collections.ConfigDict, process_count: int = 1):
+    """Appends this invocation's start and end to ``WORKDIR/runs.jsonl`` (written by process 0 of
+    ``process_count``)."""
     path = os.path.join(workdir, RECORD_NAME)
     run_id = uuid.uuid4().hex[:12]
 
     def append(entry: dict) -> None:
         with open(path, "a") as f:
-            f.write(json.dumps({"id": run_id, "time": time.strftime("%Y-%m-%d %H:%M:%S")} | entry,
+            f.write(json.dumps({"id": run_id, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+                                "host": socket.gethostname(), "process_count": process_count} | entry,
                                default=str) + "\n")
 
     append({"event": "start", "argv": sys.argv, "config": json.loads(config.to_json_best_effort())})
