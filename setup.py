@@ -33,5 +33,8 @@ setup(
         # scann ships x86-64 Linux wheels only; elsewhere tests/retrieval skips its ScaNN tests
         "test": ["pytest>=8", "ruff>=0.6", "scann>=1.4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "retrieval": ["scann>=1.4"],  # ANN serving
+        # TPU runtime; on any machine python -m gr_jax.aot compiles for TPU topologies with it (and
+        # tests/training/test_aot.py runs). On a CPU/GPU box it makes JAX print TPU-discovery warnings.
+        "tpu": ["libtpu"],
     },
 )

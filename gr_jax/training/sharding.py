@@ -12,23 +12,27 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "model")
 
 
-def make_mesh(mesh: ml_collections.ConfigDict) -> Mesh:
-    """A ``(data, model)`` mesh; ``mesh.data = -1`` takes every device that ``mesh.model`` leaves,
-    explicit sizes use the first ``data * model`` devices."""
-    devices = jax.devices()
+def make_mesh(mesh: ml_collections.ConfigDict, devices=None) -> Mesh:
+    """A ``(data, model)`` mesh over ``devices`` (default: all); ``mesh.data = -1`` takes every device
+    that ``mesh.model`` leaves, explicit sizes use the first ``data * model`` devices."""
+    devices = jax.devices() if devices is None else list(devices)
     model = mesh.model
     data = mesh.data if mesh.data > 0 else len(devices) // model
     if data < 1 or model < 1 or data * model > len(devices):
         raise ValueError(f"mesh.data={mesh.data} x mesh.model={mesh.model} does not fit the "
                          f"{len(devices)} available devices")
-    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2,
-                         devices=devices[:data * model])
+    try:
+        return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2,
+                             devices=devices[:data * model])
+    except NotImplementedError:  # a TPU torus whose axes do not factor into (data, model): split one
+        grid = mesh_utils.create_device_mesh((data, model), devices[:data * model], allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 2)
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, str | None], ...]:

@@ -117,20 +117,33 @@ def mesh_context(config: ml_collections.ConfigDict):
         yield mesh
 
 
-def create_state(model: TrainableRecommender, optimizer, config, mesh, example: dict, seed: int):
-    """A train state created directly in its mesh sharding; returns (state, state_shardings)."""
-    rules = sharding.logical_rules(config)
-
+def _state_creator(model: TrainableRecommender, optimizer):
     def create(rng, batch):
         init_rng, state_rng = jax.random.split(rng)
         params = model.init(init_rng, batch)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                           rng=state_rng)
 
+    return create
+
+
+def create_state(model: TrainableRecommender, optimizer, config, mesh, example: dict, seed: int):
+    """A train state created directly in its mesh sharding; returns (state, state_shardings)."""
+    create = _state_creator(model, optimizer)
     rng = jax.random.PRNGKey(seed)
-    shardings = sharding.state_shardings(jax.eval_shape(create, rng, example), mesh, rules)
+    shardings = sharding.state_shardings(jax.eval_shape(create, rng, example), mesh, sharding.logical_rules(config))
     state = jax.jit(lambda r, b: nn.meta.unbox(create(r, b)), out_shardings=shardings)(rng, example)
     return state, shardings
+
+
+def abstract_state(model: TrainableRecommender, optimizer, config, mesh, example: dict):
+    """The train state's shapes, dtypes and shardings, nothing allocated (ahead-of-time compilation);
+    returns (abstract state, state_shardings)."""
+    boxed = jax.eval_shape(_state_creator(model, optimizer), jax.random.PRNGKey(0), example)
+    shardings = sharding.state_shardings(boxed, mesh, sharding.logical_rules(config))
+    shapes = nn.meta.unbox(boxed)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        shardings), shardings
 
 
 def jit_train_step(model: TrainableRecommender, optimizer, mesh, state_shardings):
