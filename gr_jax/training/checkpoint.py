@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 
+import jax
 import orbax.checkpoint as ocp
 
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -39,17 +40,23 @@ class Checkpoints:
 
     def __init__(self, directory: str, metric: str, keep: int = 2):
         directory = os.path.abspath(directory)
-        for kind in ("latest", "best"):
-            remove_stale_writes(os.path.join(directory, kind))
+        if jax.process_index() == 0:
+            for kind in ("latest", "best"):
+                remove_stale_writes(os.path.join(directory, kind))
         self.directory = directory
         self.metric = metric
+        # Each manager has its own barrier names: on several processes both save the same step at
+        # once, and shared names ("_async_write_complete.<step>") would collide.
         self.latest = ocp.CheckpointManager(
             os.path.join(directory, "latest"), item_names=("state", "data"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, multiprocessing_options=(
+                ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="latest"))))
         self.best = ocp.CheckpointManager(
             os.path.join(directory, "best"), item_names=("params",),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[metric], best_mode="max",
-                                                 create=True))
+                                                 create=True, multiprocessing_options=(
+                                                     ocp.options.MultiprocessingOptions(
+                                                         barrier_sync_key_prefix="best"))))
 
     def save_latest(self, step: int, state, data_state: dict) -> None:
         """Saves the train state and a JSON dict (iterator state and loop bookkeeping)."""

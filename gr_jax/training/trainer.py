@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from gr_jax.data.dataset import Interactions
 from gr_jax.data.pipeline import train_dataset, train_rows
@@ -90,6 +91,18 @@ class StopSignals:
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def agreed_at(step: int, every: int, timed_save: bool, signal_number: int) -> tuple[bool, int]:
+    """Whether to save on time and which stop signal to honour, the same on every process: a
+    multi-process run decides on every ``every``-th step from all processes' clocks and signals
+    (a save or a stop is collective, so all must take it at one step)."""
+    if jax.process_count() == 1:
+        return timed_save, signal_number
+    if step % every:
+        return False, 0
+    gathered = multihost_utils.process_allgather(np.array([timed_save, signal_number], np.int64))
+    return bool(gathered[:, 0].max()), int(gathered[:, 1].max())
 
 
 def make_train_step(model: TrainableRecommender, optimizer: optax.GradientTransformation):
@@ -289,15 +302,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
                     logging.info("Early stop: no valid %s improvement in %d evaluations.", SELECT_METRIC,
                                  loop["bad_evals"])
             every_steps, every_minutes = train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_minutes
-            periodic = (every_steps and step % every_steps == 0) or \
-                (every_minutes and time.time() - saved_at >= 60 * every_minutes)
-            if evaluate_now or periodic or signals.received:
+            timed, stop = agreed_at(step, train_cfg.log_every_steps, bool(every_minutes) and
+                                    time.time() - saved_at >= 60 * every_minutes, signals.received or 0)
+            if evaluate_now or (every_steps and step % every_steps == 0) or timed or stop:
                 progress.flush(step)  # never checkpoint a state whose loss went non-finite
                 checkpoints.save_latest(step, state, {"iterator": iterator.get_state(), "loop": loop})
                 saved_at = time.time()
-            if signals.received:
+            if stop:
                 checkpoints.wait()
-                raise Preempted(signals.received, step)
+                raise Preempted(stop, step)
             if evaluate_now:
                 progress.restart(step)
         checkpoints.wait()
