@@ -60,12 +60,7 @@ class ConfigError(ValueError):
 
 def choices(path: str) -> tuple[str, ...] | None:
     """The valid values of the field at dotted ``path``, or None when it is not a string option."""
-    parts = path.split(".")
-    for start in range(len(parts)):
-        key = ".".join(parts[start:])
-        if key in CHOICES:
-            return CHOICES[key]
-    return None
+    return _match(CHOICES, path)
 
 
 def check_choice(path: str, value: Any) -> None:
@@ -76,6 +71,7 @@ def check_choice(path: str, value: Any) -> None:
 
 
 def _match(table: dict, path: str):
+    """The entry of ``table`` for the longest key that ends dotted ``path`` (None when none does)."""
     parts = path.split(".")
     for start in range(len(parts)):
         key = ".".join(parts[start:])

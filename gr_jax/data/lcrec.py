@@ -227,8 +227,3 @@ def lcrec_names(data_dir: str) -> list[str]:
     names = [os.path.basename(p)[:-len(suffix)] for p in glob.glob(os.path.join(glob.escape(data_dir), "*" + suffix))]
     return sorted(n for n in names if os.path.isfile(os.path.join(data_dir, f"{n}.item.json")))
 
-
-def find_lcrec_name(data_dir: str) -> str | None:
-    """Name prefix of the single LC-Rec dataset in ``data_dir``, else None."""
-    names = lcrec_names(data_dir)
-    return names[0] if len(names) == 1 else None

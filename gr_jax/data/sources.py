@@ -42,9 +42,10 @@ def _read(data: ml_collections.ConfigDict) -> tuple[Dataset, str]:
     if not os.path.isdir(data.dir):
         raise DataError(f"data.dir={data.dir!r} is not a directory; pass --config.data.dir=DIR with the raw files")
     if data.format == "lcrec":
-        name = data.name or lcrec.find_lcrec_name(data.dir)
-        if not name and len(lcrec.lcrec_names(data.dir)) > 1:
-            raise DataError(f"{data.dir} holds several LC-Rec datasets ({', '.join(lcrec.lcrec_names(data.dir))}); "
+        found = [] if data.name else lcrec.lcrec_names(data.dir)
+        name = data.name or (found[0] if len(found) == 1 else None)
+        if len(found) > 1:
+            raise DataError(f"{data.dir} holds several LC-Rec datasets ({', '.join(found)}); "
                             f"choose one with --config.data.name=NAME")
         if not name:
             present = sorted(os.listdir(data.dir))[:20]

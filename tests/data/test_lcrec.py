@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gr_jax.data.errors import DataError
-from gr_jax.data.lcrec import find_lcrec_name, read_index_json, read_lcrec, write_index_json
+from gr_jax.data.lcrec import lcrec_names, read_index_json, read_lcrec, write_index_json
 
 
 def _item(title: str = "", **fields) -> dict:
@@ -110,10 +110,10 @@ def test_index_json_errors(tmp_path, index, needle):
     assert str(path) in str(err.value)
 
 
-def test_find_lcrec_name(tmp_path):
-    assert find_lcrec_name(str(tmp_path)) is None
+def test_lcrec_names_are_the_complete_pairs(tmp_path):
+    assert lcrec_names(str(tmp_path)) == []
     _write(tmp_path, "Toy")
     (tmp_path / "Lonely.inter.json").write_text("{}")
-    assert find_lcrec_name(str(tmp_path)) == "Toy"
+    assert lcrec_names(str(tmp_path)) == ["Toy"]
     _write(tmp_path, "Other")
-    assert find_lcrec_name(str(tmp_path)) is None
+    assert lcrec_names(str(tmp_path)) == ["Other", "Toy"]
