@@ -8,6 +8,7 @@ features   ``Dataset``                                          ``Features``: ``
 tokenize   ``Dataset``, ``Features`` (not for ``index_json``)   ``SIDTable``: ``WORKDIR/tokenize``
 train      ``Dataset`` + what the model reads (``registry``)     params: ``WORKDIR/train``
 eval       ``Dataset``, params + what the model reads           metrics: ``WORKDIR/eval``
+cache      ``Dataset``, params + what the model reads           top-K lists: ``WORKDIR/cache``
 =========  ===================================================  ====================================
 
 ``Artifacts`` holds one workdir's artifacts: each is made by its stage in this process or loaded
@@ -248,19 +249,27 @@ def run_train(a: Artifacts) -> dict:
     return summary
 
 
-def run_eval(a: Artifacts) -> dict:
-    """Full-catalogue top-K on valid/test; writes ``eval/metrics.json`` and prints a table."""
-    config, model, size = a.config, a.model(), a.config.eval.list_size
+def load_params(a: Artifacts, action: str = "Evaluating") -> Any:
+    """The params trained or fitted in this process, else the best checkpoint / fitted statistics of
+    the workdir (warning when the workdir's model was trained with another config)."""
+    config, model = a.config, a.model()
     if a.params is None and os.path.isfile(training_config_path(a.workdir)):
         with open(training_config_path(a.workdir)) as f:
             changes = config_changes(json.load(f), json.loads(config.to_json_best_effort()))
         if changes:
-            logging.warning("Evaluating a model trained with another config: %s", "; ".join(changes))
+            logging.warning("%s a model trained with another config: %s", action, "; ".join(changes))
     if a.params is None and model.trainable:
         a.params = trainer.restore_best_params(a.path("train"), model, a.dataset.users, config)
     elif a.params is None:
         with np.load(a.fitted_path()) as fitted:
             a.params = dict(fitted)
+    return a.params
+
+
+def run_eval(a: Artifacts) -> dict:
+    """Full-catalogue top-K on valid/test; writes ``eval/metrics.json`` and prints a table."""
+    config, model, size = a.config, a.model(), a.config.eval.list_size
+    load_params(a)
     with trainer.mesh_context(config) as mesh:
         if not model.trainable:
             ranking = lambda batch: model.topk(a.params, batch, size)  # noqa: E731
@@ -301,6 +310,13 @@ def _ranking_metrics(a: Artifacts, model: ActionRanker) -> dict:
     return evaluate_ranking(probabilities, a.dataset.users, data.max_history, a.config.eval.batch_size, truth)
 
 
+def run_cache(a: Artifacts) -> dict:
+    """Every user's top-K from their full history into ``cache/topk.sqlite`` (resumes, refreshes)."""
+    from gr_jax.stages.cache import build_cache
+
+    return build_cache(a)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     run: Callable[[Artifacts], dict]
@@ -319,6 +335,7 @@ STAGES: dict[str, Stage] = {
                       else ("dataset", "features"), "sid_table"),
     "train": Stage(run_train, _model_reads, "params"),
     "eval": Stage(run_eval, lambda c: _model_reads(c) + ("params",), "metrics"),
+    "cache": Stage(run_cache, lambda c: _model_reads(c) + ("params",), "topk_cache"),
 }
 PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
 
@@ -328,7 +345,8 @@ PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
 PRIMARY_STAGES = ("data", "features", "tokenize")
 
 # The config section a stage reads (a system without it does not run that stage).
-STAGE_SECTIONS = {"data": "data", "features": "features", "tokenize": "tokenizer", "train": "model", "eval": "model"}
+STAGE_SECTIONS = {"data": "data", "features": "features", "tokenize": "tokenizer", "train": "model", "eval": "model",
+                  "cache": "model"}
 
 
 def parse_stages(spec: str, config: Any = None) -> list[str]:
