@@ -25,9 +25,10 @@ def load_dataset(config, cache_dir: str = "runs/bench-data"):
     return tfds_builder.load(tfds_builder.build(config.data, os.path.join(cache_dir, "tfds")))
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matmul throughput of this process's default device (GFLOP/s)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
+    """Measured matmul throughput (GFLOP/s) of this process's default device in ``dtype`` (fp32
+    matmuls run at XLA's default precision, TF32 on recent NVIDIA GPUs)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()
     best = float("inf")

@@ -1,8 +1,9 @@
-"""TIGER- and PRISM-size models on Scientific shapes with a random (collision-free) SID table and
-random item features of Scientific's sizes, for speed benches."""
+"""Every family's model at its ``:scientific`` size on Scientific shapes, with a random
+(collision-free) SID table and random item features of Scientific's sizes, for speed benches."""
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import jax
@@ -11,11 +12,15 @@ import numpy as np
 
 from configs import gat as gat_config
 from configs import prism as prism_config
+from configs import sasrec as sasrec_config
 from configs import tiger as tiger_config
 from gr_jax.data.dataset import Interactions
+from gr_jax.models.crbr_recommender import CRBRRecommender
 from gr_jax.models.gat import GATRecommender
 from gr_jax.models.prism import PrismRecommender
+from gr_jax.models.sasrec import SASRecRecommender
 from gr_jax.models.tiger import TigerRecommender
+from gr_jax.models.two_tower import TwoTowerRecommender
 from gr_jax.stages.features import Features
 from gr_jax.tokenizers.sid_table import SIDTable
 
@@ -40,7 +45,7 @@ def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, 
 
 def build_prism(item_level_history: bool, overrides: dict | None = None, num_items: int = 4344, num_levels: int = 4,
                 codebook_size: int = 256, code_dim: int = 32, text_dim: int = 384, cf_dim: int = 64,
-                beam_size: int = 20) -> PrismRecommender:
+                beam_size: int = 20, unroll_decoding: bool = False) -> PrismRecommender:
     """PRISM over random SIDs, codebooks (all levels but the last) and text/CF features; ``overrides``
     update ``config.model`` (e.g. ``{"dsi_fusion": "gate"}``)."""
     model_cfg = prism_config.get_config("scientific").model
@@ -51,7 +56,7 @@ def build_prism(item_level_history: bool, overrides: dict | None = None, num_ite
     table = SIDTable(codes.astype(np.int32), (codebook_size,) * num_levels, codebooks=codebooks)
     features = Features(text=rng.normal(size=(num_items, text_dim)).astype(np.float32),
                         cf=rng.normal(size=(num_items, cf_dim)).astype(np.float32))
-    return PrismRecommender(model_cfg, table, features.text, features.cf)
+    return PrismRecommender(model_cfg, table, features.text, features.cf, unroll_decoding=unroll_decoding)
 
 
 def build_gat(num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256, text_dim: int = 384,
@@ -65,6 +70,20 @@ def build_gat(num_items: int = 4344, num_levels: int = 4, codebook_size: int = 2
     users = Interactions.from_lists(["u"], [np.arange(4)])
     return GATRecommender(model_cfg, table, features, users, unroll_decoding=unroll_decoding,
                           frozen=tuple(gat_config.get_config().train.frozen))
+
+
+def build_sasrec(num_items: int = 4344, history: int = 20) -> SASRecRecommender:
+    """SASRec of ``configs/sasrec.py:scientific`` (full-softmax CE over the catalogue)."""
+    return SASRecRecommender(sasrec_config.get_config("scientific").model, num_items, history)
+
+
+def build_retriever(name: str, num_items: int = 4344, text_dim: int = 384, cf_dim: int = 64):
+    """The two-tower or CRBR model of ``configs/<name>.py:scientific`` over random text + CF features."""
+    model_cfg = importlib.import_module(f"configs.{name}").get_config("scientific").model
+    rng = np.random.default_rng(0)
+    features = Features(text=rng.normal(size=(num_items, text_dim)).astype(np.float32),
+                        cf=rng.normal(size=(num_items, cf_dim)).astype(np.float32))
+    return (TwoTowerRecommender if name == "two_tower" else CRBRRecommender)(model_cfg, features)
 
 
 def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, actions: bool = False) -> dict:

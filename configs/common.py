@@ -30,6 +30,7 @@ def data_config() -> ml_collections.ConfigDict:
     c.min_core = 5  # amazon: k-core filtering
     c.drop_unknown_items = False  # lcrec: drop (and count) events whose item is not in NAME.item.json
     c.max_history = 20  # most recent events kept as history
+    c.workers = 0  # processes assembling training batches (0: in the trainer, Grain's reader threads)
     c.targets = "all"  # events that may be valid/test targets: all | positive (an exposure log's clicks)
     c.positives_only = False  # keep only events with a positive action (click/cart/buy); the rest are counted
     c.positive_rating = 4.0  # amazon: a rating >= this is a click
@@ -71,6 +72,15 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
+def cache_config() -> ml_collections.ConfigDict:
+    """The ``cache`` stage: every user's top-K served from an embedded store (``gr_jax.serving``)."""
+    c = ml_collections.ConfigDict()
+    c.k = 20  # top-K list length stored per user
+    c.batch_size = 0  # users per model call and per write transaction; 0 = eval.batch_size
+    c.progress_every = 10_000  # log build progress every this many users; 0 = never
+    return c
+
+
 def mesh_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data = -1  # data-parallel axis size; -1 = all devices left after `model`
@@ -86,6 +96,13 @@ def sharding_config() -> ml_collections.ConfigDict:
     return c
 
 
+def add_precision(model: ml_collections.ConfigDict) -> None:
+    """Compute and parameter dtypes of a trainable model (``gr_jax.precision``): auto = bfloat16
+    compute on GPU/TPU and float32 on CPU; parameters and optimizer state stay float32."""
+    model.dtype = "auto"  # auto | float32 | bfloat16
+    model.param_dtype = "float32"  # float32 | bfloat16
+
+
 def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
     """Top-level config with data/train/eval sections; systems add ``model`` (and what else they use)."""
     c = ml_collections.ConfigDict()
@@ -97,6 +114,7 @@ def base_config(name: str, stages: str) -> ml_collections.ConfigDict:
     c.sharding = sharding_config()
     c.train = train_config()
     c.eval = eval_config()
+    c.cache = cache_config()
     return c
 
 

@@ -22,6 +22,7 @@ def model_config() -> ml_collections.ConfigDict:
     c.contrastive = "none"  # none | unsupervised | supervised (DuoRec)
     c.contrastive_weight = 0.1  # DuoRec lambda
     c.contrastive_temperature = 1.0  # DuoRec tau
+    common.add_precision(c)
     return c
 
 

@@ -37,6 +37,7 @@ def qformer_model(name: str) -> ml_collections.ConfigDict:
     c.recency_scale = 64.0  # history positions per unit of a recency slope
     c.dropout = 0.1  # Q-Former dropout
     c.history_read = "first"  # first: only block 0 reads the history (O(M) appends) | every: every block
+    common.add_precision(c)
     return c
 
 

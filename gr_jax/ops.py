@@ -10,6 +10,12 @@ import jax.numpy as jnp
 NEG_INF = -1e9
 
 
+def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+    """``jax.nn.softmax`` computed in float32 and returned in the logits' dtype (bfloat16 compute
+    keeps its attention and gate weights accurate)."""
+    return jax.nn.softmax(logits.astype(jnp.float32), axis).astype(logits.dtype)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Rows of ``x`` scaled to unit L2 norm along the last axis (zero rows stay zero)."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)

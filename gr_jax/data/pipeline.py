@@ -13,6 +13,7 @@ from __future__ import annotations
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from gr_jax.data.dataset import Interactions
 from gr_jax.data.splits import assemble_batch, example_index, same_target_partners
@@ -53,6 +54,18 @@ def train_dataset(interactions: Interactions, *, max_history: int, global_batch_
     ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed).repeat(num_epochs)
     ds = ds.batch(global_batch_size, drop_remainder=True)
     return ds.map(lambda ids: assemble(np.asarray(ids)[index * local:(index + 1) * local]))
+
+
+def batch_iterator(ds: grain.MapDataset, workers: int) -> grain.DatasetIterator:
+    """A checkpointable iterator over ``ds``: batches assembled in this process by Grain's reader
+    threads, or with ``workers`` > 0 in that many worker processes (for accelerator hosts, whose
+    step can outrun what one Python process assembles)."""
+    it = ds.to_iter_dataset()
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; library callers parse none
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it)
 
 
 def eval_dataset(interactions: Interactions, split: str, *, max_history: int, batch_size: int,

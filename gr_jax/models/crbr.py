@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from gr_jax.config_schema import check_choice
 from gr_jax.decoding.beam_search import beam_search, free_children
 from gr_jax.models.two_tower import info_nce_with_negatives
-from gr_jax.ops import NEG_INF, l2_normalize
+from gr_jax.ops import NEG_INF, l2_normalize, softmax
 
 # fan-in scaling per layer of a kernel stacked on a leading layer axis
 layer_dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
@@ -66,7 +66,7 @@ def gumbel_softmax(rng: jax.Array, logits: jax.Array, temperature, hard: bool) -
     ``hard``: straight-through, the forward value is exactly the one-hot of the argmax and the
     gradient is the soft sample's.
     """
-    soft = jax.nn.softmax((logits + jax.random.gumbel(rng, logits.shape, logits.dtype)) / temperature, -1)
+    soft = softmax((logits + jax.random.gumbel(rng, logits.shape, logits.dtype)) / temperature)
     if not hard:
         return soft
     one_hot = jax.nn.one_hot(jnp.argmax(soft, -1), logits.shape[-1], dtype=soft.dtype)
@@ -76,7 +76,7 @@ def gumbel_softmax(rng: jax.Array, logits: jax.Array, temperature, hard: bool) -
 def _pool(query_states: jax.Array, pool_queries: jax.Array) -> jax.Array:
     """Attention pooling of ``Q [B, M, D]`` by queries ``[B, W, D]`` -> ``[B, W, D]``."""
     logits = jnp.einsum("bwd,bmd->bwm", pool_queries, query_states) / math.sqrt(query_states.shape[-1])
-    return jnp.einsum("bwm,bmd->bwd", jax.nn.softmax(logits, -1), query_states)
+    return jnp.einsum("bwm,bmd->bwd", softmax(logits), query_states)
 
 
 def _log_probs(w: dict, query_states: jax.Array, v: jax.Array, layer) -> jax.Array:
@@ -85,7 +85,7 @@ def _log_probs(w: dict, query_states: jax.Array, v: jax.Array, layer) -> jax.Arr
     h = jnp.concatenate([context, v], -1) @ w["hidden_kernel"][layer] + w["hidden_bias"][layer]
     h = nn.with_logical_constraint(nn.gelu(h), ("batch", None, "mlp"))
     logits = jnp.einsum("bwe,ke->bwk", h @ w["out_kernel"][layer], w["codebooks"][layer])
-    return jax.nn.log_softmax(jnp.where(w["valid"][layer], logits, NEG_INF), -1)
+    return jax.nn.log_softmax(jnp.where(w["valid"][layer], logits.astype(jnp.float32), NEG_INF), -1)
 
 
 class CRBR(nn.Module):
@@ -156,7 +156,7 @@ class CRBR(nn.Module):
             layer, key = inputs
             log_probs = _log_probs(w, query_states, v[:, None], layer)[:, 0]
             selection = gumbel_softmax(key, log_probs, temperature, hard)  # = on the logits (shift)
-            v = v + selection @ w["codebooks"][layer]
+            v = v + selection.astype(v.dtype) @ w["codebooks"][layer]
             return v, (v, jnp.exp(log_probs), jnp.argmax(selection, -1).astype(jnp.int32))
 
         v, (states, probs, codes) = jax.lax.scan(

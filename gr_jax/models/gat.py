@@ -184,6 +184,8 @@ class GATRecommender(ActionRanker):
     ``train.frozen``.
     """
 
+    float_tables = ("features",)
+
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, features,
                  interactions: Interactions, pretrained_qformer: dict | None = None, unroll_decoding: bool = False,
                  frozen: tuple[str, ...] = ()):
@@ -338,12 +340,13 @@ class GATRecommender(ActionRanker):
         code_logits = jnp.stack([self.module.apply({"params": params["gat"]}, item_hidden[:, l], l,
                                                    method=GAT.code_logits) for l in range(levels)], 1)
         target_codes = self.codes[batch["target"]]
-        log_probs = jax.nn.log_softmax(code_logits, -1)
+        log_probs = jax.nn.log_softmax(code_logits.astype(jnp.float32), -1)
         sequence = jnp.take_along_axis(log_probs, target_codes[..., None], -1)[..., 0].sum(-1)  # log π(I)
         weight = positive.astype(jnp.float32)
         item_loss = -(sequence * weight).sum() / jnp.maximum(weight.sum(), 1.0)
         action_logits = self.module.apply({"params": params["gat"]}, hidden[:, -1], method=GAT.action_logits)
-        action_loss = -jnp.take_along_axis(jax.nn.log_softmax(action_logits, -1), target_actions[:, None], -1).mean()
+        action_log_probs = jax.nn.log_softmax(action_logits.astype(jnp.float32), -1)
+        action_loss = -jnp.take_along_axis(action_log_probs, target_actions[:, None], -1).mean()
         loss = item_loss + action_loss
         metrics = {"item_loss": item_loss, "action_loss": action_loss, "positive_share": weight.mean(),
                    "gate_mean": gate}
@@ -376,7 +379,7 @@ class GATRecommender(ActionRanker):
             hidden, caches = self.module.apply(variables, token, jnp.full((batch_size,), length + level), memories,
                                                valid, caches, level, method=GAT.step)
             logits = self.module.apply(variables, hidden, level, method=GAT.code_logits)
-            return jax.nn.log_softmax(logits, -1), caches
+            return jax.nn.log_softmax(logits.astype(jnp.float32), -1), caches
 
         return beam_search(step, caches, trie_children(self.children), levels, batch_size, beam_size,
                            unroll=self.unroll_decoding)
@@ -401,7 +404,7 @@ class GATRecommender(ActionRanker):
         mask = causal_mask(jnp.concatenate([valid, jnp.ones(view.shape[:2], bool)], 1))
         hidden, _ = self.module.apply({"params": params["gat"]}, tokens, positions, mask)
         logits = self.module.apply({"params": params["gat"]}, hidden[:, -1], method=GAT.action_logits)
-        return jax.nn.log_softmax(logits, -1)
+        return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
     def positive_probability(self, params, batch) -> tuple[jax.Array, jax.Array]:
         """(raw, calibrated) ``P(positive action | H, I)`` ``[B]``: the mass of click, cart and buy,

@@ -62,7 +62,7 @@ from gr_jax.models.layers.dropout import Dropout, hash_bits
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.layers.t5 import T5Config
 from gr_jax.models.tiger import Tiger, TigerRecommender, token_nll
-from gr_jax.ops import l2_normalize
+from gr_jax.ops import l2_normalize, softmax
 from gr_jax.tokenizers.sid_table import SIDTable
 
 SOURCES = 3  # code embedding, projected text, projected CF
@@ -104,7 +104,7 @@ class GateFusion(nn.Module):
         h = nn.relu(nn.Dense(d, kernel_init=_xavier_half, name="hidden")(sources.reshape(sources.shape[:-2] + (-1,))))
         h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train)
         bias = lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype).at[0].set(1.0)  # favour the code
-        weights = jax.nn.softmax(nn.Dense(sources.shape[-2], kernel_init=_xavier_half, bias_init=bias,
+        weights = softmax(nn.Dense(sources.shape[-2], kernel_init=_xavier_half, bias_init=bias,
                                           name="logits")(h), -1)
         return (weights[..., None] * sources).sum(-2), {"source_weights": weights}
 
@@ -186,7 +186,7 @@ class MoEFusion(nn.Module):
         if train and self.router_noise:
             noise = self._noise(logits.shape, logits.dtype)
             logits = logits + noise * jax.nn.softplus(noise_scale)
-        probs = jax.nn.softmax(logits, -1)
+        probs = softmax(logits)
         top_probs, top_index = jax.lax.top_k(probs, self.top_k)
         top_weights = top_probs / (top_probs.sum(-1, keepdims=True) + 1e-8)
         one_hot = jax.nn.one_hot(top_index, self.num_experts, dtype=probs.dtype)  # [..., k, E]
@@ -362,6 +362,8 @@ class PrismRecommender(TigerRecommender):
     ``sid_table``: a static ``SIDTable`` (codes; codebooks for SSA). ``text [N, F_t]`` / ``cf [N, F_c]``:
     item content and collaborative embeddings (needed when ``model.dsi``).
     """
+
+    float_tables = ("features", "ssa_codebooks")
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, text=None, cf=None,
                  unroll_decoding: bool = False):

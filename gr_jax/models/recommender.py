@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from gr_jax.data.dataset import Interactions
+from gr_jax.precision import Precision
 
 Params = Any
 
@@ -51,6 +52,15 @@ class FittedRecommender(Recommender):
 class TrainableRecommender(Recommender):
     trainable = True
     needs_partner: bool = False  # training batches carry another history with the same target (DuoRec)
+    precision: Precision = Precision()  # the trainer computes loss and top-k in precision.compute
+    float_tables: ClassVar[tuple[str, ...]] = ()  # attributes holding constant float inputs (item features)
+
+    def set_precision(self, precision: Precision) -> None:
+        """Called once after construction (``model.dtype``/``model.param_dtype``): the constant
+        ``float_tables`` move to the compute dtype, as the batch does."""
+        self.precision = precision
+        for name in self.float_tables:
+            setattr(self, name, precision.for_compute(getattr(self, name)))
 
     @abc.abstractmethod
     def init(self, rng: jax.Array, batch: dict) -> Params:

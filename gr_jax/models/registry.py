@@ -11,6 +11,7 @@ import ml_collections
 
 from gr_jax.config_schema import check_choice
 from gr_jax.models.recommender import Recommender
+from gr_jax.precision import Precision
 
 if TYPE_CHECKING:
     from gr_jax.stages import Artifacts
@@ -104,8 +105,12 @@ def entry(config: ml_collections.ConfigDict) -> Entry:
 
 
 def build(config: ml_collections.ConfigDict, artifacts: Artifacts, pretrained_qformer: dict | None = None):
-    """The model of ``config.model.name``, built from ``artifacts`` (``gr_jax.stages.Artifacts``)."""
-    return entry(config).build(config, artifacts, pretrained_qformer)
+    """The model of ``config.model.name``, built from ``artifacts`` (``gr_jax.stages.Artifacts``), with
+    the precision of ``model.dtype``/``model.param_dtype`` when it trains."""
+    model = entry(config).build(config, artifacts, pretrained_qformer)
+    if model.trainable:
+        model.set_precision(Precision.from_config(config.model))
+    return model
 
 
 def reads(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -23,6 +23,16 @@ from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.ops import NEG_INF
 
 
+def _attention(query, key, value, bias=None, mask=None, broadcast_dropout=True, dropout_rng=None, dropout_rate=0.0,
+               deterministic=False, dtype=None, precision=None):
+    """``nn.dot_product_attention`` with its softmax in float32 and its weights back in the query's
+    dtype, so bfloat16 compute keeps both attention matmuls in bfloat16 (float32: the same values)."""
+    del dtype
+    weights = nn.dot_product_attention_weights(query, key, bias, mask, broadcast_dropout, dropout_rng, dropout_rate,
+                                               deterministic, query.dtype, precision, force_fp32_for_softmax=True)
+    return jnp.einsum("...hqk,...khd->...qhd", weights.astype(value.dtype), value, precision=precision)
+
+
 class SelfAttentionBlock(nn.Module):
     """Pre-norm causal self-attention + GELU feed-forward, each with dropout and a residual."""
 
@@ -35,7 +45,7 @@ class SelfAttentionBlock(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         y = nn.LayerNorm()(x)
         y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
-                                            deterministic=not train)(y, y, mask=attention_mask)
+                                            deterministic=not train, attention_fn=_attention)(y, y, mask=attention_mask)
         x = x + drop(y)
         y = nn.LayerNorm()(x)
         y = nn.Dense(self.mlp_dim)(y)
@@ -64,7 +74,7 @@ class SASRec(nn.Module):
 
     def __call__(self, history, history_mask, train: bool = False):
         length = history.shape[1]
-        x = self.item_embed(history) * jnp.sqrt(self.embed_dim).astype(jnp.float32)
+        x = self.item_embed(history) * self.embed_dim ** 0.5
         x = x + self.pos_embed(jnp.arange(length))[None]
         x = self.input_dropout(x, deterministic=not train) * history_mask[..., None]
         causal = jnp.tril(jnp.ones((length, length), bool))
@@ -86,11 +96,11 @@ def loss_fn(user: jax.Array, items: jax.Array, target: jax.Array, rng: jax.Array
     """Mean next-item loss of user vectors ``[B, D]`` against the item table ``[N, D]``."""
     check_choice("model.loss", kind)
     if kind == "ce":
-        logits = user @ items.T
+        logits = (user @ items.T).astype(jnp.float32)
         return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[:, None], -1)[:, 0])
     negatives = jax.random.randint(rng, (user.shape[0], num_negatives), 0, items.shape[0])
-    pos = jnp.sum(user * items[target], -1)
-    neg = jnp.einsum("bd,bkd->bk", user, items[negatives])
+    pos = jnp.sum(user * items[target], -1).astype(jnp.float32)
+    neg = jnp.einsum("bd,bkd->bk", user, items[negatives]).astype(jnp.float32)
     neg = jnp.where(negatives == target[:, None], NEG_INF, neg)  # a sampled positive is not a negative
     if kind == "sampled_softmax":
         logits = jnp.concatenate([pos[:, None], neg], -1)
@@ -105,7 +115,7 @@ def contrastive_loss(a: jax.Array, b: jax.Array, targets: jax.Array, temperature
     z = jnp.concatenate([a, b]) / temperature ** 0.5
     t = jnp.concatenate([targets, targets])
     n = a.shape[0]
-    logits = z @ z.T
+    logits = (z @ z.T).astype(jnp.float32)
     index = jnp.arange(2 * n)
     positive = (index + n) % (2 * n)
     excluded = (t[:, None] == t[None, :]) & (index[None, :] != positive[:, None])  # self and false negatives
@@ -150,9 +160,10 @@ class SASRecRecommender(TrainableRecommender):
         return rec_loss + self.contrastive_weight * cl_loss, {"rec_loss": rec_loss, "contrastive_loss": cl_loss}
 
     def scores(self, params: dict, batch: dict) -> jax.Array:
+        """Scores ``[B, N]`` of every item, in float32 (bfloat16 scores tie across a large catalogue)."""
         user = self.module.apply({"params": params}, batch["history"], batch["history_mask"],
                                  method=SASRec.user_vector)
-        return user @ params["item_embed"]["embedding"].T
+        return user.astype(jnp.float32) @ params["item_embed"]["embedding"].T.astype(jnp.float32)
 
     def item_embeddings(self, params: dict) -> jax.Array:
         """The item table ``[num_items, D]``: the collaborative item embedding."""

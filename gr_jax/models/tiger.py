@@ -154,7 +154,7 @@ class Tiger(nn.Module):
             new_caches.append(cache)
         h = self.decoder_norm(x) * self.config.embed_dim ** -0.5
         logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(self.code_table(), level, axis=0))
-        return jax.nn.log_softmax(logits, -1), tuple(new_caches)
+        return jax.nn.log_softmax(logits.astype(jnp.float32), -1), tuple(new_caches)
 
     def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None):
         encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
@@ -162,7 +162,8 @@ class Tiger(nn.Module):
 
 
 def token_nll(logits, target):
-    """Per-level negative log-likelihood ``[B, L]`` of ``target [B, L]`` under ``logits [B, L, K]``."""
+    """Per-level negative log-likelihood ``[B, L]`` of ``target [B, L]`` under ``logits [B, L, K]`` (float32)."""
+    logits = logits.astype(jnp.float32)
     return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
 
 
@@ -222,7 +223,7 @@ class TigerRecommender(TrainableRecommender):
     def sequence_log_probs(self, params, batch: dict, codes: jax.Array) -> jax.Array:
         """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference),
         under the decoding temperatures when they are set, as the beam search scores them."""
-        logits = self.module.apply({"params": params}, **self.inputs(batch), target_codes=codes)
+        logits = self.module.apply({"params": params}, **self.inputs(batch), target_codes=codes).astype(jnp.float32)
         if self.decode_temperatures is not None:
             prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
             for level in range(codes.shape[1]):

@@ -101,7 +101,7 @@ def info_nce_with_negatives(users, positives, negatives, targets, negative_ids, 
     batch = users.shape[0]
     candidates = jnp.concatenate([positives, negatives], 0)
     ids = jnp.concatenate([targets, negative_ids], 0)
-    logits = users @ candidates.T / temperature  # [B, B + S]
+    logits = (users @ candidates.T).astype(jnp.float32) / temperature  # [B, B + S]
     column = jnp.arange(candidates.shape[0])
     false_negative = (ids[None, :] == targets[:, None]) & (column[None, :] != jnp.arange(batch)[:, None])
     logits = jnp.where(false_negative, NEG_INF, logits)
@@ -129,6 +129,8 @@ class QFormerBase(IndexRetriever):
     frozen feature table, the Q-Former with its pre-training losses, the catalogue cache and
     retrieval. Subclasses define ``item_embeddings(params) -> [N, E]`` (the searched vectors) and
     ``query_set(params, batch) -> [B, P, E]`` (each user's queries, merged by max score)."""
+
+    float_tables = ("features",)
 
     def __init__(self, model_config: ml_collections.ConfigDict, features):
         self.config = model_config

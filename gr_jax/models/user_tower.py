@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.structs import LayerConfig
 from gr_jax.models.layers.t5 import CrossAttention, FeedForward, KeyValues, RMSNorm, SelfAttention, proj
-from gr_jax.ops import NEG_INF, l2_normalize
+from gr_jax.ops import NEG_INF, l2_normalize, softmax
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,7 +136,8 @@ def read_logits(q, k, slopes, positions, recency_scale: float) -> jax.Array:
 
     The one formula of both the full read and the online read (``QFormer.read_*``)."""
     logits = jnp.einsum("bhqd,bhsd->bhqs", heads_first(q), heads_first(k)) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return logits + slopes[None, :, :, None] * (positions[:, None, None, :] / recency_scale)
+    recency = (positions[:, None, None, :] / recency_scale).astype(logits.dtype)
+    return logits + slopes[None, :, :, None] * recency
 
 
 class BiasedCrossAttention(CrossAttention):
@@ -202,7 +203,7 @@ class QFormerBlock(nn.Module):
         if self.reads_history:
             valid = memory_mask[:, None, None, :]
             logits = jnp.where(valid, self.logits(self.read_queries(x), memory.key, positions), NEG_INF)
-            weights = jax.nn.softmax(logits, -1)
+            weights = softmax(logits)
             read = jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", weights, heads_first(memory.value)), 1, 2)
         return self.finish(x, read, train)
 
@@ -242,7 +243,7 @@ class QFormer(nn.Module):
         return self.item_proj(item_features)
 
     def embed_positions(self, positions):
-        return self.position_proj(sinusoids(positions, self.config.embed_dim))
+        return self.position_proj(sinusoids(positions, self.config.embed_dim).astype(self.queries.dtype))
 
     def memories(self, item_features, mask, positions):
         """Per reading block cross-attention (keys, values) ``[B, N, H, Dh]`` of the history; zero
@@ -343,7 +344,8 @@ def itc_loss(query_states: jax.Array, items: jax.Array, temperature: float) -> j
     ITC): a user with several interests matches an item through one query instead of an average
     that blurs them. Negatives: the other users' next items (and, item side, the other users).
     """
-    scores = jnp.einsum("umd,id->uim", l2_normalize(query_states), l2_normalize(items)).max(-1) / temperature
+    scores = jnp.einsum("umd,id->uim", l2_normalize(query_states), l2_normalize(items)).max(-1)
+    scores = scores.astype(jnp.float32) / temperature
     index = jnp.arange(scores.shape[0])
     user_to_item = jax.nn.logsumexp(scores, 1) - scores[index, index]
     item_to_user = jax.nn.logsumexp(scores, 0) - scores[index, index]

@@ -11,8 +11,7 @@ Rerunning the stage resumes a killed build and refreshes a finished one: only us
 digest changed (or who are new) are recomputed. A cache built by another model (fingerprint of the
 model config sections, the params and the SID codes) or for another ``k`` is rebuilt from scratch.
 
-Settings (``config.cache`` when the config has that section, else these defaults): ``k`` (20),
-``batch_size`` (0: ``eval.batch_size``), ``progress_every`` (log every this many users; 10000).
+Settings: ``config.cache`` (``configs/common.py``).
 The recommender contract returns ranked items only, so the stored scores are reciprocal ranks
 ``1 / (rank + 1)`` (0 where the list holds no item).
 """
@@ -34,20 +33,14 @@ from gr_jax.data.splits import assemble_batch
 from gr_jax.serving.topk_cache import TopKCache, history_digest, remove
 
 CACHE_FILE = "topk.sqlite"
-DEFAULTS = {"k": 20, "batch_size": 0, "progress_every": 10_000}  # batch_size 0 (or None): eval.batch_size
 FINGERPRINT_SECTIONS = ("data", "features", "tokenizer", "model")
 
 
 def settings(config) -> dict:
-    """``k``, ``batch_size``, ``progress_every`` from ``config.cache`` over the defaults."""
-    section = config.get("cache") or {}
-    values = {name: section.get(name, default) for name, default in DEFAULTS.items()}
-    if not values["batch_size"]:
-        values["batch_size"] = config.eval.batch_size
-    for name in ("k", "batch_size"):
-        if isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < 1:
-            raise ValueError(f"cache.{name}={values[name]!r}; it must be a positive integer")
-    return values
+    """``k``, ``batch_size`` (0: ``eval.batch_size``) and ``progress_every`` of ``config.cache``."""
+    section = config.cache
+    return {"k": section.k, "batch_size": section.batch_size or config.eval.batch_size,
+            "progress_every": section.progress_every}
 
 
 class UserHistories(Mapping):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from gr_jax.data.dataset import Interactions
-from gr_jax.data.pipeline import train_dataset, train_rows
+from gr_jax.data.pipeline import batch_iterator, train_dataset, train_rows
 from gr_jax.evaluation.evaluator import evaluate_split
 from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.training import sharding
@@ -108,10 +107,15 @@ def agreed_at(step: int, every: int, timed_save: bool, signal_number: int) -> tu
 def make_train_step(model: TrainableRecommender, optimizer: optax.GradientTransformation):
     """``(state, batch) -> (state, metrics)``; metrics carry loss, grad norm and a finiteness flag."""
 
+    precision = model.precision
+
+    def loss_fn(params, batch, rng, step):
+        loss, aux = model.loss(precision.for_compute(params), precision.for_compute(batch), rng, step)
+        return loss.astype(jnp.float32), aux
+
     def step(state: TrainState, batch: dict):
         rng, step_rng = jax.random.split(state.rng)
-        loss_fn = functools.partial(model.loss, step=state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng, state.step)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -133,7 +137,7 @@ def mesh_context(config: ml_collections.ConfigDict):
 def _state_creator(model: TrainableRecommender, optimizer):
     def create(rng, batch):
         init_rng, state_rng = jax.random.split(rng)
-        params = model.init(init_rng, batch)
+        params = model.precision.store(model.init(init_rng, batch))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                           rng=state_rng)
 
@@ -175,9 +179,11 @@ def jit_topk(model: TrainableRecommender, mesh, params_shardings, k: int, select
 
     ``selection``: rank with ``model.selection_topk`` (what picks checkpoints) instead of ``model.topk``."""
     method = model.selection_topk if selection else model.topk
-    prepare = jax.jit(model.eval_params, in_shardings=(params_shardings,))
+    precision = model.precision
+    prepare = jax.jit(lambda p: model.eval_params(precision.for_compute(p)), in_shardings=(params_shardings,))
     # The prepared params stay where eval_params placed them: their tree need not be the params' one.
-    topk = jax.jit(lambda p, b: method(p, b, k), in_shardings=(None, sharding.batch_sharding(mesh)))
+    topk = jax.jit(lambda p, b: method(p, precision.for_compute(b), k),
+                   in_shardings=(None, sharding.batch_sharding(mesh)))
 
     def for_params(params):
         prepared = prepare(params)
@@ -249,7 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=train_cfg.batch_size, seed=config.seed,
                          with_partner=model.needs_partner, rows=rows)
-    iterator = iter(data.to_iter_dataset())
+    iterator = batch_iterator(data, config.data.workers)
     optimizer = make_optimizer(train_cfg, total_steps)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -270,9 +276,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
             logging.info("Resumed from step %d (best valid %s %.4f).", int(state.step), SELECT_METRIC, loop["best"])
         train_step = jit_train_step(model, optimizer, mesh, shardings)
         topk = jit_topk(model, mesh, shardings.params, config.eval.list_size, selection=True)
-        logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s.",
+        logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s, %s.",
                      config.model.name, num_params, total_steps, steps_per_epoch, train_cfg.batch_size,
-                     eval_every, dict(mesh.shape))
+                     eval_every, dict(mesh.shape), model.precision.describe())
         start_step = int(state.step)
         progress = _Progress(writer, learning_rate_schedule(train_cfg, total_steps), total_steps,
                              train_cfg.batch_size, start_step)
@@ -320,7 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
     summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                "final_step": int(state.step), "best_step": loop["best_step"],
                f"best_valid_{SELECT_METRIC}": loop["best"], "stopped_early": stopped_early,
-               "train_seconds": time.time() - train_start, "curves_png": curves}
+               "train_seconds": time.time() - train_start, "curves_png": curves,
+               "precision": model.precision.describe()}
     return TrainResult(params=best_params if best_params is not None else state.params, summary=summary)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gr_jax.data.dataset import Interactions
-from gr_jax.data.pipeline import eval_dataset, train_dataset, train_rows
+from gr_jax.data.pipeline import batch_iterator, eval_dataset, train_dataset, train_rows
 
 # 28 users of lengths 4..10; item id u * 100 + p encodes (user, position), so a target names its example.
 LENGTHS = [4, 5, 6, 7, 8, 9, 10] * 4
@@ -83,14 +83,17 @@ def test_shuffled_rather_than_file_order(users):
     assert not np.array_equal(first_epoch, ALL_TRAIN_TARGETS)
 
 
-@pytest.mark.parametrize("k", [5, 14])  # 14 = an epoch boundary (14 batches per epoch)
-def test_restored_iterator_continues_exactly(users, k):
-    # As the trainer does: iter(dataset.to_iter_dataset()), state saved with the checkpoint.
-    uninterrupted = iter(_train(users, seed=7).to_iter_dataset())
+@pytest.mark.parametrize("k, workers", [(5, 0), (14, 0), (5, 2)])  # 14 = an epoch boundary (14 batches/epoch)
+def test_restored_iterator_continues_exactly(users, k, workers):
+    # As the trainer does: batch_iterator(dataset, data.workers), state saved with the checkpoint.
+    uninterrupted = batch_iterator(_train(users, seed=7), workers)
     _take(uninterrupted, k)
     state = json.loads(json.dumps(uninterrupted.get_state()))  # must survive serialisation
     expected = _take(uninterrupted, 16)
-    restored = iter(_train(users, seed=7).to_iter_dataset())  # a fresh pipeline, as after a restart
+    in_process = batch_iterator(_train(users, seed=7), 0)
+    _take(in_process, k)
+    _assert_same_batches(expected[:4], _take(in_process, 4))  # workers assemble the same batches
+    restored = batch_iterator(_train(users, seed=7), workers)  # a fresh pipeline, as after a restart
     _take(restored, 2)  # wherever it happened to be
     restored.set_state(state)
     _assert_same_batches(_take(restored, 16), expected)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -285,7 +284,7 @@ def test_cache_stage_stores_the_models_top_k_and_reruns_incrementally(tmp_path, 
     summary = json.load(open(tmp_path / "cache" / "summary.json"))
     assert (summary["mode"], summary["recomputed"], summary["unchanged"]) == ("resume/refresh", 0, 150)
 
-    config.cache = ml_collections.ConfigDict({"k": 10})  # another k: rebuilt
+    config.cache.k = 10  # another k: rebuilt
     stages.run(config, str(tmp_path))
     assert json.load(open(tmp_path / "cache" / "summary.json"))["mode"] == "rebuild"
     with TopKCache.open(str(tmp_path / "cache" / "topk.sqlite"), k=10) as cache:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import LayerConfig
 from gr_jax.models.layers.t5 import FeedForward, KeyValues, RMSNorm, proj
-from gr_jax.ops import NEG_INF
+from gr_jax.ops import NEG_INF, softmax
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,7 +83,7 @@ class Attention(nn.Module):
         k, v = _expand_heads(memory.key, c.num_heads), _expand_heads(memory.value, c.num_heads)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(c.head_dim).astype(q.dtype)
         logits = jnp.where(mask[:, None], logits, NEG_INF)
-        y = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
+        y = jnp.einsum("bhqk,bkhd->bqhd", softmax(logits), v)
         return self.drop(self.out(y), deterministic=not train), memory
 
     def step(self, x, position, prefix: KeyValues, prefix_mask, cache: KeyValues, index):
@@ -100,7 +100,7 @@ class Attention(nn.Module):
         shared = jnp.where(prefix_mask[:, None, None, :], shared, NEG_INF)
         own = jnp.einsum("bwhd,bwchd->bwhc", q, _expand_heads(cache.key, c.num_heads)) / scale
         own = jnp.where(jnp.arange(cache.key.shape[2]) <= index, own, NEG_INF)
-        weights = jax.nn.softmax(jnp.concatenate([shared, own], -1), -1)
+        weights = softmax(jnp.concatenate([shared, own], -1))
         prefix_length = shared.shape[-1]
         y = jnp.einsum("bwhp,bphd->bwhd", weights[..., :prefix_length], _expand_heads(prefix.value, c.num_heads))
         y = y + jnp.einsum("bwhc,bwchd->bwhd", weights[..., prefix_length:], _expand_heads(cache.value, c.num_heads))

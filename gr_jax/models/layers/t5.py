@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import LayerConfig
-from gr_jax.ops import NEG_INF
+from gr_jax.ops import NEG_INF, softmax
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ def attend(q, k, v, bias, mask):
     if bias is not None:
         logits = logits + bias
     logits = jnp.where(mask, logits, NEG_INF)
-    return jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", jax.nn.softmax(logits, axis=-1), v), 1, 2)
+    return jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", softmax(logits), v), 1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -138,7 +138,7 @@ class SelfAttention(nn.Module):
         logits = logits + bias  # [1, 1, H, T] -> broadcast over (B, W)
         valid = jnp.arange(k_cache.shape[2]) <= position
         logits = jnp.where(valid, logits, NEG_INF)
-        y = jnp.einsum("bwht,bwthd->bwhd", jax.nn.softmax(logits, -1), v_cache)
+        y = jnp.einsum("bwht,bwthd->bwhd", softmax(logits), v_cache)
         return self._output(y, False), KeyValues(k_cache, v_cache)
 
 
