@@ -46,7 +46,7 @@ def main():
         tic = time.perf_counter()
         batches = [next(iterator) for _ in range(args.batches)]
         rates[workers] = args.batches * config.train.batch_size / (time.perf_counter() - tic)
-        del iterator
+        iterator.close()
 
     model = SASRecRecommender(config.model, dataset.num_items, config.data.max_history)
     optimizer = make_optimizer(config.train, 10_000)

@@ -53,6 +53,7 @@ def compile_for_topology(config, workdir: str, topology: str):
 
     from gr_jax import stages
     from gr_jax.data.pipeline import train_dataset, train_rows
+    from gr_jax.precision import Precision
     from gr_jax.training import sharding, trainer
     from gr_jax.training.optim import make_optimizer
 
@@ -69,6 +70,8 @@ def compile_for_topology(config, workdir: str, topology: str):
         raise ValueError(f"{workdir} lacks the model's inputs ({error}); make them first: python -m gr_jax.main "
                          f"--config=<this config> --config.stages={needed} --workdir={workdir}") from error
     model, interactions = artifacts.model(), artifacts.dataset.users
+    if model.trainable:  # "auto" resolves for the target chip, not for this process's CPU
+        model.set_precision(Precision.from_config(config.model, backend="tpu"))
     rows = model.training_rows(train_rows(interactions), interactions)
     batch = train_dataset(interactions, max_history=config.data.max_history, global_batch_size=config.train.batch_size,
                           seed=config.seed, shard=(0, 1), with_partner=model.needs_partner, rows=rows)[0]
@@ -98,6 +101,7 @@ def compile_for_topology(config, workdir: str, topology: str):
     num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
     return {"topology": topology, "device_kind": kind, "devices": len(devices), "mesh": dict(mesh.shape),
             "model": config.model.name, "params": num_params, "global_batch": config.train.batch_size,
+            "precision": model.precision.describe(),
             "params_gib": shard_bytes(state.params) / GIB, "optimizer_gib": shard_bytes(state.opt_state) / GIB,
             "temp_gib": memory.temp_size_in_bytes / GIB, "peak_gib": peak / GIB, "hbm_gib": hbm,
             "gflops_per_step_per_device": flops / 1e9, "gb_accessed_per_step_per_device": accessed / 1e9,

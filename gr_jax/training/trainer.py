@@ -260,6 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     with contextlib.ExitStack() as stack:
+        stack.callback(iterator.close)  # stops data.workers' processes
         stack.callback(writer.close)
         stack.callback(checkpoints.close)
         mesh = stack.enter_context(mesh_context(config))

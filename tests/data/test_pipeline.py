@@ -97,6 +97,8 @@ def test_restored_iterator_continues_exactly(users, k, workers):
     _take(restored, 2)  # wherever it happened to be
     restored.set_state(state)
     _assert_same_batches(_take(restored, 16), expected)
+    for iterator in (uninterrupted, in_process, restored):
+        iterator.close()
 
 
 def test_every_epoch_visits_each_training_example_once(users):
