@@ -35,12 +35,12 @@ echo "== 1. throughput table ($(left)s left)"
 timeout $(( $(left) * 55 / 100 )) python3 bench/accelerator.py --models "$MODELS" 2>> "$ERRORS" | tee -a "$RESULTS"
 
 echo "== 2. peer ($(left)s left)"
-if python3 -c "import torch, transformers" 2> /dev/null; then
+if [ "${PEER:-1}" = 1 ] && python3 -c "import torch, transformers" 2> /dev/null; then
   for dtype in float32 bfloat16; do
     timeout 75 python3 bench/peer_t5.py --dtype $dtype 2>> "$ERRORS" | tee -a "$RESULTS"
   done
 else
-  echo "torch/transformers not installed: peer skipped"
+  echo "peer skipped (PEER=0, or torch/transformers not installed)"
 fi
 
 echo "== 3. input pipeline ($(left)s left)"

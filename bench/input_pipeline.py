@@ -15,6 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,7 +45,11 @@ def main():
         iterator = batch_iterator(ds, workers)
         next(iterator)  # workers started
         tic = time.perf_counter()
-        batches = [next(iterator) for _ in range(args.batches)]
+        batches = []
+        for _ in range(args.batches):
+            batch = next(iterator)  # worker batches live in shared memory: keep copies of a few only
+            if len(batches) < args.train_steps:
+                batches.append({k: np.array(v) for k, v in batch.items()})
         rates[workers] = args.batches * config.train.batch_size / (time.perf_counter() - tic)
         iterator.close()
 

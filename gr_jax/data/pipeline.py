@@ -1,14 +1,17 @@
 """Grain input pipelines over leave-one-out examples.
 
-Training: example index -> shuffle(seed) -> repeat -> global batch -> this process's slice ->
-assemble. Slicing whole global batches (not the example stream) makes a run on P processes see
-exactly the global batches of a one-process run, so the two train the same model.
+Training: batch index -> its slice of the shuffled, repeated example stream (``EpochOrder``) ->
+this process's part -> assemble. Slicing whole global batches (not the example stream) makes a
+run on P processes see exactly the global batches of a one-process run, so the two train the same
+model.
 Batches are assembled vectorised from the in-memory ragged sequences (one numpy gather per
 batch), so the pipeline costs microseconds per example. The iterator state is a small
 dict (``get_state``/``set_state``) saved with the model checkpoint.
 """
 
 from __future__ import annotations
+
+import threading
 
 import grain
 import jax
@@ -48,12 +51,53 @@ def train_dataset(interactions: Interactions, *, max_history: int, global_batch_
             batch |= {"partner_history": partner["history"], "partner_history_mask": partner["history_mask"]}
         return batch
 
-    # Grain reshuffles epoch e with seed + e, so neighbouring user seeds are decorrelated first.
-    shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    order = EpochOrder(len(rows), seed)
     local = global_batch_size // count
-    ds = grain.MapDataset.source(np.arange(len(rows))).shuffle(seed=shuffle_seed).repeat(num_epochs)
-    ds = ds.batch(global_batch_size, drop_remainder=True)
-    return ds.map(lambda ids: assemble(np.asarray(ids)[index * local:(index + 1) * local]))
+    if num_epochs is None:
+        num_batches = UNBOUNDED // global_batch_size
+    else:
+        num_batches = len(rows) * num_epochs // global_batch_size
+    ds = grain.MapDataset.range(num_batches)
+    return ds.map(lambda b: assemble(order.examples(b * global_batch_size + index * local, local)))
+
+
+UNBOUNDED = 2**62  # examples in a repeat-forever stream
+
+
+class EpochOrder:
+    """The shuffled example stream: epoch ``e`` is a permutation of ``0..n-1`` drawn from
+    ``(seed, e)``, epochs concatenated. ``examples(start, count)`` slices the stream with one
+    vectorised gather (a per-element Grain shuffle and batch cost ~25 µs per example, 20x the
+    assembly itself); the two most recent permutations are cached."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._cache, self._lock = {}, threading.Lock()  # Grain's reader threads share the cache
+
+    def __getstate__(self):  # worker processes (data.workers) start with an empty cache
+        return {"n": self.n, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__init__(state["n"], state["seed"])
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            permutation = self._cache.get(epoch)
+            if permutation is None:
+                permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                if len(self._cache) >= 2:
+                    self._cache.pop(min(self._cache))
+                self._cache[epoch] = permutation
+            return permutation
+
+    def examples(self, start: int, count: int) -> np.ndarray:
+        positions = np.arange(start, start + count)
+        epochs, offsets = positions // self.n, positions % self.n
+        out = np.empty(count, np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            out[here] = self.permutation(int(epoch))[offsets[here]]
+        return out
 
 
 def batch_iterator(ds: grain.MapDataset, workers: int) -> grain.DatasetIterator:
