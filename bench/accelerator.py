@@ -2,7 +2,7 @@
 this process's default device, with both matmul peaks measured in the same process.
 
     python bench/accelerator.py [--models tiger,tiger_item,prism,sasrec,two_tower,crbr,gat]
-        [--dtypes float32,bfloat16] [--batch_size 256] [--decode_batch_size 64] [--steps 20]
+        [--dtypes float32,bfloat16] [--batch_size 256] [--decode_batch_size 64] [--steps 20] [--flops_only]
 
 Shapes of ``bench/train_throughput.py`` / ``bench/decode.py``: each family at its ``:scientific``
 size over 4,344 items, 20-item histories, 4-level SIDs, beam 20 (``tiger``: one token per code,
@@ -41,6 +41,7 @@ from gr_jax.precision import DTYPES, Precision  # noqa: E402
 from gr_jax.training import sharding, trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 
+NUM_ITEMS = 4344
 # name -> (builder(unroll_decoding) -> model, decode FLOPs exact with the unrolled build)
 MODELS = {
     "tiger": (lambda unroll: build(False, unroll_decoding=unroll), True),
@@ -53,18 +54,39 @@ MODELS = {
 }
 
 
-def measure(name: str, dtype: str, args, peaks: dict) -> None:
-    builder, flops_exact = MODELS[name]
+def setup(name: str, dtype: str, args):
+    """(model, its decode-unrolled twin, precision, config, optimizer, train batch, decode batch)."""
+    builder, _ = MODELS[name]
     precision = Precision(compute=DTYPES[dtype], params=jnp.float32)
     model, unrolled = builder(False), builder(True)
     for m in (model, unrolled):
         m.set_precision(precision)
-    num_items = 4344
     config = tiger_config.get_config()
     config.mesh.data = 1
     optimizer = make_optimizer(config.train, 10_000)
-    batch = random_batch(args.batch_size, args.history, num_items, actions=name == "gat")
-    decode_batch = random_batch(args.decode_batch_size, args.history, num_items, seed=1, actions=name == "gat")
+    batch = random_batch(args.batch_size, args.history, NUM_ITEMS, actions=name == "gat")
+    decode_batch = random_batch(args.decode_batch_size, args.history, NUM_ITEMS, seed=1, actions=name == "gat")
+    return model, unrolled, precision, config, optimizer, batch, decode_batch
+
+
+def count_flops(name: str, dtype: str, args) -> None:
+    """GFLOP per training example and per decoded user from the lowered programs, nothing run:
+    for backends whose cost analysis is empty (jax 0.11 on GPU), count on CPU."""
+    model, unrolled, precision, config, optimizer, batch, decode_batch = setup(name, dtype, args)
+    with trainer.mesh_context(config) as mesh:
+        state, shardings = trainer.abstract_state(model, optimizer, config, mesh, batch)
+        train = compiled_flops(trainer.jit_train_step(model, optimizer, mesh, shardings), state, batch)
+        prepared = jax.eval_shape(lambda p: model.eval_params(precision.for_compute(p)), state.params)
+        decode = compiled_flops(jax.jit(lambda p, b: unrolled.topk(p, precision.for_compute(b), args.beam_size)),
+                                prepared, decode_batch)
+    emit({"name": "flops", "model": name, "dtype": dtype, "batch_size": args.batch_size,
+          "gflop_per_example": round(train / args.batch_size / 1e9, 4), "decode_batch_size": args.decode_batch_size,
+          "gflop_per_user": round(decode / args.decode_batch_size / 1e9, 4), "flops_exact": MODELS[name][1]})
+
+
+def measure(name: str, dtype: str, args, peaks: dict) -> None:
+    model, unrolled, precision, config, optimizer, batch, decode_batch = setup(name, dtype, args)
+    flops_exact = MODELS[name][1]
     common = {"model": name, "dtype": dtype, "history": args.history, "device": str(jax.devices()[0]),
               "device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count()}
     peak = peaks[dtype]
@@ -114,7 +136,13 @@ def main():
     parser.add_argument("--beam_size", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--decode_repeats", type=int, default=5)
+    parser.add_argument("--flops_only", action="store_true", help="only count FLOPs (lowered programs, no run)")
     args = parser.parse_args()
+    if args.flops_only:
+        for name in args.models.split(","):
+            for dtype in args.dtypes.split(","):
+                count_flops(name, dtype, args)
+        return
     on_cpu = jax.default_backend() == "cpu"
     dtypes = args.dtypes.split(",")
     peaks = {d: matmul_peak_gflops(2048 if on_cpu else 8192, dtype=DTYPES[d]) for d in dtypes}
