@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr",
-               "gat")
+               "gat", "dccf")
 TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
 FEATURE_SOURCES = ("text", "cf", "text+cf")
 
@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "residual": ("euclidean", "tangent"),
     "quant_loss_reduction": ("mean", "sum"),
     "tag_embedding": ("mean_text", "learned"),
+    "model.layer_combination": ("sum", "mean"),
+    "features.cf.source": ("sasrec", "dccf"),
     "model.dtype": ("auto", "float32", "bfloat16"),
     "model.param_dtype": ("auto", "float32", "bfloat16"),
 }
@@ -53,6 +55,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "learning_rate": (0.0, True), "codebook_size": (1, True), "num_levels": (1, True),
     "index_json_codebook_size": (0, True), "data.workers": (0, True), "cache.k": (1, True),
     "cache.batch_size": (0, True), "cache.progress_every": (0, True),
+    "model.num_intents": (0, True), "model.contrastive_temperature": (0.0, False),
 }
 MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive
 

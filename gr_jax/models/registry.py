@@ -81,6 +81,12 @@ def _gat(config, a: Artifacts, pretrained_qformer=None):
                           frozen=tuple(config.train.frozen))
 
 
+def _dccf(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.dccf import DCCFRecommender
+
+    return DCCFRecommender(config.model, a.dataset.num_items, a.dataset.users)
+
+
 def _none(config):
     return ()
 
@@ -96,6 +102,7 @@ MODELS: dict[str, Entry] = {
     "two_tower": Entry(_two_tower, lambda c: ("features",)),
     "crbr": Entry(_crbr, lambda c: ("features",)),
     "gat": Entry(_gat, lambda c: ("sid_table", "features")),
+    "dccf": Entry(_dccf, _none),
 }
 
 

@@ -1,5 +1,6 @@
 """The features stage: item content embeddings (MiniLM over item text) and collaborative
-embeddings (the item table of a SASRec/DuoRec trained on the training split).
+embeddings (the item table of a SASRec/DuoRec trained on the training split, or with
+``features.cf.source='dccf'`` DCCF's propagated item vectors over the training split's graph).
 
 Artifacts under ``WORKDIR/features/``: ``text_embeddings.npy`` ``[num_items, 384]``,
 ``cf_embeddings.npy`` ``[num_items, D]`` (plus the CF model's own run in ``cf/``), with
@@ -41,12 +42,19 @@ def _text_cache_dir(text: ml_collections.ConfigDict) -> str:
     return text.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gr_jax", "text")
 
 
+def cf_sections(cf: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """The (model, train) sections of the collaborative model ``features.cf.source`` selects."""
+    if cf.get("source", "sasrec") == "dccf":
+        return cf.dccf.model, cf.dccf.train
+    return cf.model, cf.train
+
+
 def cf_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config of the collaborative model's own training run (same data/mesh/eval)."""
+    model, train = cf_sections(config.features.cf)
     return ml_collections.ConfigDict({
         "name": f"{config.name}-cf", "seed": config.seed, "stages": "train", "data": config.data,
-        "mesh": config.mesh, "sharding": config.sharding, "eval": config.eval,
-        "model": config.features.cf.model, "train": config.features.cf.train})
+        "mesh": config.mesh, "sharding": config.sharding, "eval": config.eval, "model": model, "train": train})
 
 
 def event_windows(interactions: Interactions, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,16 +85,28 @@ def event_contexts(model, params, interactions: Interactions, window: int, batch
 
 def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dataset):
     """Trains (or reuses) the CF model; returns its item table, the event contexts if enabled, a summary."""
-    from gr_jax.models.sasrec import SASRecRecommender
     from gr_jax.training import trainer
 
     cf = config.features.cf
+    source = cf.get("source", "sasrec")
+    model_config, train_config = cf_sections(cf)
     path, context_path = os.path.join(out_dir, CF_FILE), os.path.join(out_dir, CONTEXT_FILE)
     key_path = os.path.join(out_dir, "cf_config.json")
-    key = json.dumps({"model": cf.model.to_dict(), "train": cf.train.to_dict(), "seed": config.seed,
-                      "max_history": config.data.max_history}, sort_keys=True, default=str)
+    key = {"model": model_config.to_dict(), "train": train_config.to_dict(), "seed": config.seed,
+           "max_history": config.data.max_history} | ({} if source == "sasrec" else {"source": source})
+    key = json.dumps(key, sort_keys=True, default=str)
     cf_config = cf_run_config(config)
-    model = SASRecRecommender(cf.model, dataset.num_items, config.data.max_history)
+    if source == "dccf":
+        from gr_jax.models.dccf import DCCFRecommender
+
+        if cf.contexts:
+            raise ValueError("features.cf.contexts needs a sequence model's state at every event; "
+                             "features.cf.source='dccf' has none (use source='sasrec')")
+        model = DCCFRecommender(model_config, dataset.num_items, dataset.users)
+    else:
+        from gr_jax.models.sasrec import SASRecRecommender
+
+        model = SASRecRecommender(model_config, dataset.num_items, config.data.max_history)
     summary, params = {}, None
     same = os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key
     if same:
