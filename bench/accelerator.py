@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import (  # noqa: E402  # noqa: E402
+from bench.tiger_setup import (  # noqa: E402
     build,
     build_gat,
     build_prism,
@@ -34,6 +33,7 @@ from bench.tiger_setup import (  # noqa: E402  # noqa: E402
     build_sasrec,
     compiled_flops,
     random_batch,
+    time_train_steps,
     timed,
 )
 from configs import tiger as tiger_config  # noqa: E402
@@ -90,29 +90,17 @@ def measure(name: str, dtype: str, args, peaks: dict) -> None:
     common = {"model": name, "dtype": dtype, "history": args.history, "device": str(jax.devices()[0]),
               "device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count()}
     peak = peaks[dtype]
+    run = time_train_steps(model, optimizer, config, batch, args.steps)
+    seconds, flops = run["seconds"], run["flops"]
+    achieved = flops / seconds / 1e9  # NaN where the backend gives no cost analysis
+    emit(common | {"name": "train_throughput", "batch_size": args.batch_size,
+                   "examples_per_s": round(args.batch_size / seconds, 1),
+                   "gflop_per_example": round(flops / args.batch_size / 1e9, 4),
+                   "achieved_gflops": round(achieved, 1), "peak_gflops": round(peak, 1),
+                   "mfu": round(achieved / peak, 4), "loss_finite": run["finite"],
+                   "setup_and_compile_s": round(run["compile_s"], 1)})
     with trainer.mesh_context(config) as mesh:
-        tic = time.perf_counter()
-        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
-        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
-        flops = compiled_flops(step, state, batch)
-        for _ in range(2):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        seconds = (time.perf_counter() - tic) / args.steps
-        achieved = flops / seconds / 1e9  # NaN where the backend gives no cost analysis
-        emit(common | {"name": "train_throughput", "batch_size": args.batch_size,
-                       "examples_per_s": round(args.batch_size / seconds, 1),
-                       "gflop_per_example": round(flops / args.batch_size / 1e9, 4),
-                       "achieved_gflops": round(achieved, 1), "peak_gflops": round(peak, 1),
-                       "mfu": round(achieved / peak, 4), "loss_finite": bool(metrics["finite"]),
-                       "setup_and_compile_s": round(compile_s, 1)})
-
-        prepared = jax.jit(lambda p: model.eval_params(precision.for_compute(p)))(state.params)
+        prepared = jax.jit(lambda p: model.eval_params(precision.for_compute(p)))(run["state"].params)
         decode = jax.jit(lambda p, b: model.topk(p, precision.for_compute(b), args.beam_size))
         decode_batch = sharding.shard_batch(decode_batch, mesh)
         seconds = timed(decode, prepared, decode_batch, repeats=args.decode_repeats)

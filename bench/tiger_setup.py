@@ -113,6 +113,29 @@ def compiled_flops(jitted, *args) -> float:
     return float(cost["flops"])
 
 
+def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
+    """The trainer's jitted step on ``config``'s mesh: seconds per step (after two warm-up steps),
+    FLOPs per step (``compiled_flops``), seconds to set up and compile, whether the loss is finite,
+    and the final state."""
+    from gr_jax.training import trainer
+
+    with trainer.mesh_context(config) as mesh:
+        tic = time.perf_counter()
+        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
+        flops = compiled_flops(step, state, batch)
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        return {"seconds": (time.perf_counter() - tic) / steps, "flops": flops, "compile_s": compile_s,
+                "finite": bool(metrics["finite"]), "state": state}
+
+
 def timed(fn, *args, repeats: int) -> float:
     """Best-of-3 mean seconds per call of ``fn`` over ``repeats`` calls (after a warm-up call)."""
     jax.block_until_ready(fn(*args))

@@ -13,16 +13,14 @@ import argparse
 import ast
 import os
 import sys
-import time
 
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import build, build_gat, build_prism, compiled_flops, random_batch  # noqa: E402
+from bench.tiger_setup import build, build_gat, build_prism, random_batch, time_train_steps  # noqa: E402
 from configs import tiger as tiger_config  # noqa: E402
-from gr_jax.training import trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 
 
@@ -56,18 +54,8 @@ def main():
         model = build(args.item_level_history, dropout_impl=args.dropout_impl)
     optimizer = make_optimizer(config.train, 10_000)
     batch = random_batch(args.batch_size, args.history, len(model.codes), actions=args.model == "gat")
-    with trainer.mesh_context(config) as mesh:
-        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
-        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
-        flops = compiled_flops(step, state, batch)
-        for _ in range(2):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        tic = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        seconds = (time.perf_counter() - tic) / args.steps
+    run = time_train_steps(model, optimizer, config, batch, args.steps)
+    seconds, flops = run["seconds"], run["flops"]
     peak = matmul_peak_gflops()
     achieved = flops / seconds / 1e9
     emit({"name": "train_throughput", "model": args.model, "overrides": args.set,
