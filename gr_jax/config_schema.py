@@ -53,8 +53,8 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "eval.list_size": (1, True), "eval.batch_size": (1, True), "data.max_history": (1, True),
     "data.min_user_events": (3, True), "beam_size": (1, True), "dropout": (0.0, True),
     "learning_rate": (0.0, True), "codebook_size": (1, True), "num_levels": (1, True),
-    "index_json_codebook_size": (0, True), "data.workers": (0, True), "cache.k": (1, True),
-    "cache.batch_size": (0, True), "cache.progress_every": (0, True),
+    "index_json_codebook_size": (0, True), "model.vocab_multiple": (1, True), "data.workers": (0, True),
+    "cache.k": (1, True), "cache.batch_size": (0, True), "cache.progress_every": (0, True),
     "model.num_intents": (0, True), "model.contrastive_temperature": (0.0, False),
 }
 MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive

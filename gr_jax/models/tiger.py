@@ -52,6 +52,7 @@ class Tiger(nn.Module):
     def setup(self):
         c = self.config
         vocab = self.code_offset + c.num_levels * c.codebook_size
+        vocab = -(-vocab // c.vocab_multiple) * c.vocab_multiple  # padding rows are never read
         self.embed = nn.Embed(vocab, c.embed_dim, name="token_embed",
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")))
@@ -111,7 +112,8 @@ class Tiger(nn.Module):
     def code_table(self):
         """The code-token embeddings ``[L, K, d]`` that output logits are tied to."""
         c = self.config
-        return self.embed.embedding[self.code_offset:].reshape(c.num_levels, c.codebook_size, -1)
+        codes = self.embed.embedding[self.code_offset:self.code_offset + c.num_levels * c.codebook_size]
+        return codes.reshape(c.num_levels, c.codebook_size, -1)
 
     def code_logits(self, states):
         """Logits ``[B, L, K]`` of decoder states over each level's codes (tied to the code embeddings)."""

@@ -118,3 +118,27 @@ def test_step_aware_losses_receive_the_optimizer_step():
             state, metrics = step(state, batch)
             seen.append(int(metrics["seen_step"]))
     assert seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("vocab_multiple", [1, 8])
+def test_model_vocab_multiple_pads_a_token_table_that_does_not_split_over_the_model_axis(vocab_multiple):
+    dataset, _ = generate(SyntheticConfig(num_users=150, num_items=100, branching=(3, 3, 2)))
+    model_cfg = tiger_config.model_config()
+    model_cfg.update(num_user_buckets=51, embed_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_heads=4,
+                     head_dim=4, mlp_dim=32, beam_size=4, vocab_multiple=vocab_multiple)
+    model = TigerRecommender(model_cfg, SIDTable(np.random.default_rng(0).integers(0, 16, (100, 4)), (16,) * 4))
+    config = sasrec.get_config("tiny")
+    config.mesh.data, config.mesh.model = 2, 4  # 2 + 51 user buckets + 4 x 16 codes = 117 token rows
+    optimizer = make_optimizer(config.train, 1)
+    batch = train_dataset(dataset.users, max_history=8, global_batch_size=16, seed=0)[0]
+    with trainer.mesh_context(config) as mesh:
+        batch = sharding.shard_batch(batch, mesh)
+        if vocab_multiple == 1:
+            with pytest.raises(ValueError, match="117"):
+                trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+            return
+        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+        state, metrics = trainer.jit_train_step(model, optimizer, mesh, shardings)(state, batch)
+    table = state.params["token_embed"]["embedding"]
+    assert table.shape[0] == 120 and table.sharding.spec[0] == "model"
+    assert bool(metrics["finite"])

@@ -38,6 +38,7 @@ class T5Config(LayerConfig):
     num_encoder_layers: int = 4
     num_decoder_layers: int = 4
     item_level_history: bool = False  # True: one encoder vector per history item (sum of its code embeddings)
+    vocab_multiple: int = 1  # token table rows padded to a multiple of this (so `vocab` splits over the model axis)
 
 
 @flax.struct.dataclass
