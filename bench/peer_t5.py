@@ -79,6 +79,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_call(fn, repeats: int, device: str) -> float:
+    """Mean wall seconds of ``repeats`` calls of ``fn``, the device synchronised before and after."""
+    sync(device)
+    tic = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - tic) / repeats
+
+
 def matmul_peak_gflops(device: str, dtype: torch.dtype) -> float:
     size = 8192 if device.startswith("cuda") else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -129,12 +139,7 @@ def main():
     train_flops = counter.get_total_flops()
     for _ in range(2):
         train_step()
-    sync(device)
-    tic = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
-    sync(device)
-    seconds = (time.perf_counter() - tic) / args.steps
+    seconds = seconds_per_call(train_step, args.steps, device)
     peak = matmul_peak_gflops(device, dtype)
     achieved = train_flops / seconds / 1e9
     print(json.dumps(common | {"name": "train_throughput", "batch_size": args.batch_size,
@@ -159,12 +164,7 @@ def main():
     generated = out[:, 1:].cpu().numpy().reshape(args.decode_batch_size, args.beam_size, -1)
     valid = {tuple(r) for r in code_tokens(sids).tolist()}
     share_valid = float(np.mean([tuple(s[:LEVELS]) in valid for s in generated.reshape(-1, generated.shape[-1])]))
-    sync(device)
-    tic = time.perf_counter()
-    for _ in range(args.decode_repeats):
-        decode()
-    sync(device)
-    seconds = (time.perf_counter() - tic) / args.decode_repeats
+    seconds = seconds_per_call(decode, args.decode_repeats, device)
     achieved = decode_flops / seconds / 1e9
     print(json.dumps(common | {"name": "decode", "batch_size": args.decode_batch_size, "beam_size": args.beam_size,
                                "users_per_s": round(args.decode_batch_size / seconds, 1),

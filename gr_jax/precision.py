@@ -47,10 +47,6 @@ class Precision:
         return cls(compute=resolve(model_section.get("dtype", "float32"), backend),
                    params=resolve(model_section.get("param_dtype", "float32"), backend, "model.param_dtype"))
 
-    @property
-    def mixed(self) -> bool:
-        return self.compute != self.params
-
     def store(self, params):
         """Freshly initialised parameters in the storage dtype."""
         return _cast_floating(params, self.params)

@@ -169,25 +169,24 @@ class SQLiteStore:
             self._add_users(new)
         return new
 
-    def get_many(self, user_ids) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
+    def _select(self, column: str, user_ids) -> dict:
+        """``user id -> column`` of the stored users among ``user_ids`` (chunked IN queries)."""
+        found = {}
         for chunk in _chunks(np.asarray(user_ids)):
             marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT user_id, value FROM topk WHERE user_id IN ({marks})",
+            found.update(self.conn.execute(f"SELECT user_id, {column} FROM topk WHERE user_id IN ({marks})",
                                            [int(u) for u in chunk]))
         return found
+
+    def get_many(self, user_ids) -> dict[int, bytes]:
+        return self._select("value", user_ids)
 
     def get_one(self, user_id: int) -> bytes | None:
         row = self.conn.execute("SELECT value FROM topk WHERE user_id = ?", (int(user_id),)).fetchone()
         return None if row is None else row[0]
 
     def get_digests(self, user_ids) -> dict[int, int]:
-        found: dict[int, int] = {}
-        for chunk in _chunks(np.asarray(user_ids)):
-            marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT user_id, digest FROM topk WHERE user_id IN ({marks})",
-                                           [int(u) for u in chunk]))
-        return found
+        return self._select("digest", user_ids)
 
     def delete_many(self, user_ids) -> int:
         with self._transaction():
