@@ -2,7 +2,8 @@
 incremental refresh, and how stale cached lists get as histories advance.
 
     python bench/topk_cache.py [--num_users 1000000] [--k 20] [--changed_fraction 0.01]
-                               [--staleness_config cooccurrence:scientific] [--truncations 1,2,5]
+                               [--staleness_config cooccurrence:scientific | --staleness_workdir WORKDIR]
+                               [--truncations 1,2,5]
                                [--skip_synthetic] [--skip_staleness] [--workdir DIR]
 
 Synthetic part (numpy ``default_rng(--seed)``): ``--num_users`` users with 3 + Poisson(12) events
@@ -16,10 +17,11 @@ a hash of the user and the last item, descending scores), so the numbers are the
 - ``refresh``: ``--changed_fraction`` of the users get one more event; time of the incremental
   refresh over all users (digests, stale check, recompute and rewrite of the changed ones).
 
-Staleness (``--staleness_config``, the real data read in place through the repo's data stage):
-the co-occurrence recommender, fitted once, stands in for the model (the Semantic Convergence LLM
-is not built yet). For each ``t`` of ``--truncations`` the cache is built from every user's
-history without its last ``t`` events (the lists served ``t`` events ago) and compared with the
+Staleness: the trained model of ``--staleness_workdir`` (e.g. the Semantic Convergence LLM of
+``configs/semconv.py:scientific``, its best checkpoint), or else the co-occurrence recommender of
+``--staleness_config`` fitted on the real data read in place through the repo's data stage. For
+each ``t`` of ``--truncations`` the cache is built from every user's history without its last
+``t`` events (the lists served ``t`` events ago) and compared with the
 top-K recomputed from the full history: ``recall@10`` = |cached top-10 ∩ fresh top-10| / 10 and
 ``recall@20`` likewise, averaged over users. Prints one JSON line per measurement (``name``).
 """
@@ -42,8 +44,6 @@ from bench.common import emit, load_config, load_dataset  # noqa: E402
 from gr_jax.data.dataset import Interactions  # noqa: E402
 from gr_jax.serving.topk_cache import TopKCache  # noqa: E402
 from gr_jax.stages.cache import UserHistories, recommend_from_interactions, sequence_digests  # noqa: E402
-
-STAND_IN = "cooccurrence (stand-in: the Semantic Convergence LLM is not built yet)"
 
 
 def synthetic_interactions(num_users: int, num_items: int, seed: int) -> Interactions:
@@ -138,17 +138,37 @@ def run_synthetic(args, workdir: str) -> None:
     cache.close()
 
 
-def run_staleness(args, workdir: str) -> None:
+def staleness_model(args):
+    """(config, dataset, ranking of a batch, model name): the trained model of ``--staleness_workdir``
+    (its best checkpoint), else the co-occurrence recommender of ``--staleness_config``, fitted here."""
+    if args.staleness_workdir:
+        import json
+
+        import jax
+        import ml_collections
+
+        from gr_jax import stages
+
+        with open(stages.training_config_path(args.staleness_workdir)) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        artifacts = stages.Artifacts(config, args.staleness_workdir)
+        model, params = artifacts.model(), stages.load_params(artifacts)
+        topk = jax.jit(lambda p, batch: model.topk(p, batch, args.k))
+        return config, artifacts.dataset, lambda batch: np.asarray(topk(params, batch)), config.model.name
     from gr_jax.models import baselines
 
     config = load_config(args.staleness_config)
     if config.model.name != "cooccurrence":
         raise ValueError(f"--staleness_config={args.staleness_config}: expected a cooccurrence config")
     dataset = load_dataset(config)
-    users = dataset.users
     model = baselines.build(config.model, dataset.num_items)
-    params = model.fit(users)
-    ranking = lambda batch: model.topk(params, batch, args.k)  # noqa: E731
+    params = model.fit(dataset.users)
+    return config, dataset, lambda batch: model.topk(params, batch, args.k), "cooccurrence"
+
+
+def run_staleness(args, workdir: str) -> None:
+    config, dataset, ranking, model_name = staleness_model(args)
+    users = dataset.users
     batch_size = config.eval.batch_size
 
     def top_k(interactions: Interactions) -> np.ndarray:
@@ -163,7 +183,7 @@ def run_staleness(args, workdir: str) -> None:
         keep = position < np.repeat(users.lengths - cut, users.lengths)
         older = users.select_events(keep)
         path = os.path.join(workdir, f"staleness_{cut}.sqlite")
-        cache = TopKCache.create(path, args.k, f"cooccurrence-truncated-{cut}")
+        cache = TopKCache.create(path, args.k, f"{model_name}-truncated-{cut}")
         tic = time.perf_counter()
         recommend = recommend_from_interactions(ranking, older, config.data.max_history, batch_size, args.k)
         cache.refresh(recommend, UserHistories(older), batch_size=batch_size, progress_every=0)
@@ -172,7 +192,7 @@ def run_staleness(args, workdir: str) -> None:
         cached, _, found = cache.lookup(np.arange(len(users)))
         assert found.all()
         result = {"name": f"staleness_{cut}", "events_behind": cut, "dataset": dataset.name,
-                  "users": int(served.sum()), "k": args.k, "model": STAND_IN}
+                  "users": int(served.sum()), "k": args.k, "model": model_name}
         for n in (10, 20):
             overlap = [len(np.intersect1d(cached[u, :n], fresh[u, :n])) / n for u in np.flatnonzero(served)]
             result[f"recall@{n}"] = float(np.mean(overlap))
@@ -192,6 +212,8 @@ def main():
     parser.add_argument("--lookup_batch", type=int, default=256)
     parser.add_argument("--changed_fraction", type=float, default=0.01)
     parser.add_argument("--staleness_config", default="cooccurrence:scientific")
+    parser.add_argument("--staleness_workdir", default="",
+                        help="a trained run's WORKDIR (e.g. runs/semconv-sci): its model instead of co-occurrence")
     parser.add_argument("--truncations", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 5])
     parser.add_argument("--skip_synthetic", action="store_true")
     parser.add_argument("--skip_staleness", action="store_true")

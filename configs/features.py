@@ -20,4 +20,10 @@ def features_config(text: bool = True, cf: bool = False) -> ml_collections.Confi
     c.cf.model = sasrec.model_config()  # SASRec; model.contrastive='supervised' gives DuoRec
     c.cf.train = sasrec.train_config()
     c.cf.dccf = ml_collections.ConfigDict({"model": dccf.model_config(), "train": dccf.train_config()})
+    c.llm = ml_collections.ConfigDict()
+    c.llm.enabled = False  # the LLM's vocabulary and each item's title in its token-embedding space
+    c.llm.checkpoint = ""  # a local Hugging Face Llama/Qwen2 dir (its tokenizer and token table); '' = from scratch
+    c.llm.vocab_size = 2048  # from scratch: byte-level BPE trained on the item texts and prompt templates
+    c.llm.embed_dim = 128  # from scratch: the token table's width (= the LLM's model.hidden_size)
+    c.llm.max_title_tokens = 24  # title tokens averaged into an item's text vector
     return c

@@ -76,7 +76,7 @@ def compile_for_topology(config, workdir: str, topology: str):
     batch = train_dataset(interactions, max_history=config.data.max_history, global_batch_size=config.train.batch_size,
                           seed=config.seed, shard=(0, 1), with_partner=model.needs_partner, rows=rows)[0]
     steps = trainer.total_train_steps(config.train, len(rows) // config.train.batch_size)
-    optimizer = make_optimizer(config.train, steps)
+    optimizer = make_optimizer(config.train, steps, getattr(model, "frozen", ()))
     mesh = sharding.make_mesh(config.mesh, devices)
     with mesh, nn.logical_axis_rules(sharding.logical_rules(config)):
         example = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding.batch_sharding(mesh))

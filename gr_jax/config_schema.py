@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr",
-               "gat", "dccf")
-TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "index_json")
+               "gat", "dccf", "semconv")
+TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "aligned", "index_json")
 FEATURE_SOURCES = ("text", "cf", "text+cf")
 
 # A config path matches the longest key that ends it (``features.cf.model.loss`` -> ``model.loss``).
@@ -56,6 +56,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "index_json_codebook_size": (0, True), "model.vocab_multiple": (1, True), "data.workers": (0, True),
     "cache.k": (1, True), "cache.batch_size": (0, True), "cache.progress_every": (0, True),
     "model.num_intents": (0, True), "model.contrastive_temperature": (0.0, False),
+    "tokenizer.aligned.align_weight": (0.0, True),
 }
 MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive
 

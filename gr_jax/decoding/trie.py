@@ -65,3 +65,10 @@ def build_trie(codes: np.ndarray, codebook_size: int) -> Trie:
     sid_items[parent[order], rank] = order
     return Trie(children=children, sid_items=sid_items, item_sid=parent.astype(np.int32),
                 prefix_counts=tuple(counts[:-1]))
+
+
+def leaf_items(trie: Trie, sid_item: np.ndarray) -> np.ndarray:
+    """The items ``[num_sids, M]`` (-1 padded) of each trie leaf, given the item of every SID-table
+    row (``SIDTable.sid_item``): what ``expand_sid_ranking`` expands ranked leaves into."""
+    rows = trie.sid_items
+    return np.where(rows >= 0, np.asarray(sid_item)[rows.clip(0)], -1)

@@ -263,6 +263,16 @@ def load_tokenizer(model_dir: str) -> tokenizers.Tokenizer:
     return tokenizers.Tokenizer.from_file(path)
 
 
+def read_token_embeddings(model_dir: str) -> np.ndarray:
+    """The input token table ``[vocab, hidden]`` (float32) of a checkpoint, without reading the rest."""
+    name = "model.embed_tokens.weight"
+    files, listing = _tensor_files(model_dir)
+    if name not in files:
+        raise CheckpointError(f"{listing}: missing tensor {name!r}")
+    with safe_open(files[name], framework="numpy") as f:
+        return np.asarray(_read_tensor(f, files[name], name), np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Saving
 

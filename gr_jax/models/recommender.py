@@ -54,6 +54,7 @@ class TrainableRecommender(Recommender):
     needs_partner: bool = False  # training batches carry another history with the same target (DuoRec)
     precision: Precision = Precision()  # the trainer computes loss and top-k in precision.compute
     float_tables: ClassVar[tuple[str, ...]] = ()  # attributes holding constant float inputs (item features)
+    frozen: tuple[str, ...] = ()  # parameter patterns the model keeps fixed itself (LoRA's base), beside train.frozen
 
     def set_precision(self, precision: Precision) -> None:
         """Called once after construction (``model.dtype``/``model.param_dtype``): the constant
@@ -83,6 +84,11 @@ class TrainableRecommender(Recommender):
     def item_embeddings(self, params: Params) -> jax.Array | None:
         """The model's item vectors ``[num_items, D]`` when it has any (saved by the train stage)."""
         return None
+
+    def log_examples(self, batch: dict) -> None:
+        """Called once before training with the first training batch (host arrays): models that
+        turn batches into something a user should check (prompts) log an example of each."""
+        del batch
 
     def training_rows(self, rows: np.ndarray, interactions: Interactions) -> np.ndarray:
         """The training examples, rows of (user, target position), the model learns from; all of them

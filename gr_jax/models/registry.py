@@ -87,6 +87,14 @@ def _dccf(config, a: Artifacts, pretrained_qformer=None):
     return DCCFRecommender(config.model, a.dataset.num_items, a.dataset.users)
 
 
+def _semconv(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.semconv import SemConvRecommender
+    from gr_jax.tokenizers.aligned import load_code_token_embeddings
+
+    return SemConvRecommender(config.model, a.sid_table, a.dataset.items, a.path("features", "llm"),
+                              load_code_token_embeddings(a.path("tokenize")), seed=config.seed)
+
+
 def _none(config):
     return ()
 
@@ -103,6 +111,7 @@ MODELS: dict[str, Entry] = {
     "crbr": Entry(_crbr, lambda c: ("features",)),
     "gat": Entry(_gat, lambda c: ("sid_table", "features")),
     "dccf": Entry(_dccf, _none),
+    "semconv": Entry(_semconv, lambda c: ("sid_table", "features")),
 }
 
 

@@ -22,10 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gr_jax.decoding.beam_search import BeamState, beam_search, trie_children
-from gr_jax.decoding.trie import build_trie
+from gr_jax.decoding.trie import build_trie, leaf_items
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import from_config
@@ -186,8 +185,7 @@ class TigerRecommender(TrainableRecommender):
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         self.trie = build_trie(sid_table.codes, codebook_size)
         self.children = jnp.asarray(self.trie.children)
-        rows = self.trie.sid_items  # trie leaf -> table rows; each row's item
-        self.leaf_items = jnp.asarray(np.where(rows >= 0, sid_table.sid_item[rows.clip(0)], -1))
+        self.leaf_items = jnp.asarray(leaf_items(self.trie, sid_table.sid_item))
         self.beam_size = model_config.beam_size
         self.unroll_decoding = unroll_decoding
         self.decode_temperatures = decode_temperatures

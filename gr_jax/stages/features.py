@@ -1,12 +1,14 @@
-"""The features stage: item content embeddings (MiniLM over item text) and collaborative
+"""The features stage: item content embeddings (MiniLM over item text), collaborative
 embeddings (the item table of a SASRec/DuoRec trained on the training split, or with
-``features.cf.source='dccf'`` DCCF's propagated item vectors over the training split's graph).
+``features.cf.source='dccf'`` DCCF's propagated item vectors over the training split's graph) and,
+with ``features.llm``, an LLM's vocabulary and each item's title in its token-embedding space.
 
 Artifacts under ``WORKDIR/features/``: ``text_embeddings.npy`` ``[num_items, 384]``,
 ``cf_embeddings.npy`` ``[num_items, D]`` (plus the CF model's own run in ``cf/``), with
 ``features.cf.contexts`` ``event_contexts.npy`` ``[num_events, D]`` (the CF model's state at
-every event, Pctx's context vectors), and ``summary.json``. The text cache is keyed by content,
-so reruns and other configs reuse it.
+every event, Pctx's context vectors), with ``features.llm`` ``llm_text_embeddings.npy``
+``[num_items, D_llm]`` and ``llm/{tokenizer.json,token_embeddings.npy}``, and ``summary.json``.
+The text cache is keyed by content, so reruns and other configs reuse it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from gr_jax.data.dataset import Dataset, Interactions
 
 TEXT_FILE, CF_FILE, CONTEXT_FILE = "text_embeddings.npy", "cf_embeddings.npy", "event_contexts.npy"
+LLM_TEXT_FILE, LLM_DIR, LLM_TABLE_FILE = "llm_text_embeddings.npy", "llm", "token_embeddings.npy"
 
 
 @dataclasses.dataclass
@@ -30,6 +33,7 @@ class Features:
     text: np.ndarray | None = None
     cf: np.ndarray | None = None
     contexts: np.ndarray | None = None  # [num_events, D] CF-model state at every event (Pctx)
+    llm_text: np.ndarray | None = None  # [num_items, D_llm] item text in the LLM's token-embedding space
 
     def get(self, name: str) -> np.ndarray:
         value = getattr(self, name)
@@ -135,6 +139,38 @@ def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dat
     return table, contexts, summary
 
 
+def _llm_vocabulary(config: ml_collections.ConfigDict, out_dir: str, dataset: Dataset) -> tuple[np.ndarray, dict]:
+    """Writes ``features/llm/{tokenizer.json, token_embeddings.npy}`` (a BPE trained on the item texts
+    and templates with a seeded random table, or an imported checkpoint's tokenizer and table) and
+    returns each item's title in that token-embedding space."""
+    import shutil
+
+    from gr_jax.llm import prompts, vocab
+    from gr_jax.llm.hf_import import TOKENIZER_FILE, load_tokenizer, read_token_embeddings
+
+    llm, tic = config.features.llm, time.time()
+    llm_dir = os.path.join(out_dir, LLM_DIR)
+    os.makedirs(llm_dir, exist_ok=True)
+    titles = vocab.item_titles(dataset.items.title, dataset.items.categories)
+    if llm.checkpoint:
+        tokenizer, table = load_tokenizer(llm.checkpoint), read_token_embeddings(llm.checkpoint)
+        shutil.copyfile(os.path.join(llm.checkpoint, TOKENIZER_FILE), os.path.join(llm_dir, TOKENIZER_FILE))
+    else:
+        queries = prompts.build_queries(titles, dataset.items.categories, config.seed)
+        tokenizer = vocab.train_text_tokenizer(titles + queries + prompts.template_texts(), llm.vocab_size)
+        tokenizer.save(os.path.join(llm_dir, TOKENIZER_FILE))
+        table = vocab.random_token_embeddings(tokenizer.get_vocab_size(), llm.embed_dim, config.seed)
+    np.save(os.path.join(llm_dir, LLM_TABLE_FILE), table)
+    ids, mask = vocab.encode_padded(tokenizer, titles, llm.max_title_tokens)
+    targets = vocab.item_text_targets(table, ids, mask)
+    summary = {"vocab_size": tokenizer.get_vocab_size(), "embed_dim": int(table.shape[1]),
+               "mean_title_tokens": float(mask.sum(1).mean()), "source": llm.checkpoint or "bpe",
+               "seconds": time.time() - tic}
+    logging.info("LLM vocabulary: %d text tokens (%s), titles %.1f tokens on average.", summary["vocab_size"],
+                 summary["source"], summary["mean_title_tokens"])
+    return targets, summary
+
+
 def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset) -> tuple[Features, dict]:
     """Computes (or reuses from ``workdir``) the enabled embeddings; returns them and a summary."""
     from gr_jax.text.item_text import embed_items
@@ -153,10 +189,13 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
         summary["text"] = {"shape": list(features.text.shape), "seconds": time.time() - tic}
     if config.features.cf.enabled:
         features.cf, features.contexts, summary["cf"] = _collaborative(config, out_dir, dataset)
+    if config.features.get("llm", {}).get("enabled", False):
+        features.llm_text, summary["llm"] = _llm_vocabulary(config, out_dir, dataset)
+        np.save(os.path.join(out_dir, LLM_TEXT_FILE), features.llm_text)
     return features, summary
 
 
 def load_features(workdir: str) -> Features:
     """Embeddings a previous features stage left in ``workdir``."""
     load = lambda name: np.load(p) if os.path.exists(p := os.path.join(workdir, "features", name)) else None
-    return Features(text=load(TEXT_FILE), cf=load(CF_FILE), contexts=load(CONTEXT_FILE))
+    return Features(text=load(TEXT_FILE), cf=load(CF_FILE), contexts=load(CONTEXT_FILE), llm_text=load(LLM_TEXT_FILE))

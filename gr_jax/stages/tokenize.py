@@ -5,10 +5,11 @@
 
 Reads the embeddings named by ``tokenizer.input`` from the features stage (or imports an
 LC-Rec ``index.json``; ``prism`` reads both the text and the CF embeddings plus each item's
-training-split popularity and category path), fits the configured tokenizer, resolves collisions, checks codebook
-health against the configured thresholds (a failed check stops the pipeline with what
-usually fixes it), and writes ``WORKDIR/tokenize/{sid_table.npz,sid_table.json,index.json,
-health.json,health.png,summary.json}``.
+training-split popularity and category path; ``aligned`` also the LLM text targets), fits the configured tokenizer,
+resolves collisions, checks codebook health against the configured thresholds (a failed check stops the pipeline
+with what usually fixes it), and writes ``WORKDIR/tokenize/{sid_table.npz,sid_table.json,index.json,
+health.json,health.png,summary.json}``, plus for ``aligned`` (alignment on) ``code_token_embeddings.npy``
+(``tokenizers.aligned.load_code_token_embeddings``).
 """
 
 from __future__ import annotations
@@ -60,16 +61,23 @@ class TokenizerFit:
     info: dict
 
 
+def latent_fit(latents: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, info: dict,
+               last_level_costs: Callable[[], np.ndarray] | None = None) -> TokenizerFit:
+    """The ``TokenizerFit`` of an encoder + residual quantizer: residual energies of the latents and,
+    as ``recon_error``, the relative quantisation error in the latent space (the decoder's error is
+    in ``info["final_loss"]``)."""
+    energy = residual_energy(latents, codes, codebooks)
+    return TokenizerFit(codes, codebooks, energy, float(energy[-1] / energy[0]), last_level_costs, info)
+
+
 def _fit_rq_vae(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFit:
     from gr_jax.tokenizers.configs import RQVAEConfig
     from gr_jax.tokenizers.rq_vae_training import fit_rq_vae
 
     tic = time.time()
     result = fit_rq_vae(x, RQVAEConfig(**cfg.to_dict()))
-    energy = residual_energy(result.latents, result.codes, result.codebooks)
-    # Relative quantisation error in the latent space (the decoder's error is in final_loss).
-    return TokenizerFit(result.codes, result.codebooks, energy, float(energy[-1] / energy[0]), None,
-                        {"final_loss": result.loss_history[-1], "fit_seconds": time.time() - tic})
+    return latent_fit(result.latents, result.codes, result.codebooks,
+                      {"final_loss": result.loss_history[-1], "fit_seconds": time.time() - tic})
 
 
 def _fit_rq_kmeans(x: np.ndarray, cfg: ml_collections.ConfigDict) -> TokenizerFit:
@@ -97,7 +105,6 @@ def fit_prism(dataset: Dataset, features: Features, cfg: ml_collections.ConfigDi
     popularity = pq.popularity_scores(counts)
     tags = pq.category_tags(dataset.items.categories, config.num_levels, config.tag_level_offset)
     result = pq.fit_prism_quantizer(text, cf, popularity, tags.ids, config, num_tags=tags.sizes)
-    energy = residual_energy(result.latents, result.codes, result.codebooks)
     info = {"final_loss": result.loss_history[-1], "fit_seconds": result.fit_seconds,
             "tag_level_offset": tags.level_offset, "num_tags": list(tags.sizes),
             "tagged_fraction": [float(v) for v in (tags.ids >= 0).mean(0)],
@@ -107,16 +114,29 @@ def fit_prism(dataset: Dataset, features: Features, cfg: ml_collections.ConfigDi
         order = lambda v: np.argsort(np.argsort(v))
         info["gate"] = {"mean": float(result.gate_mean.mean()), "std": float(result.gate_mean.std()),
                         "spearman_popularity": float(np.corrcoef(order(result.gate_mean), order(popularity))[0, 1])}
-    return TokenizerFit(result.codes, result.codebooks, energy, float(energy[-1] / energy[0]), None, info)
+    return latent_fit(result.latents, result.codes, result.codebooks, info)
+
+
+def fit_aligned_tokenizer(features: Features, tok: ml_collections.ConfigDict) -> tuple[TokenizerFit, np.ndarray | None]:
+    """Semantic Convergence's Alignment Tokenization (``tokenizers.aligned``) of the ``tokenizer.input``
+    embeddings toward the LLM text targets ``features.llm_text`` (not read when ``align_weight`` is
+    0); returns the fit and the code-token embeddings ``[L, K, D_llm]`` (None without alignment)."""
+    from gr_jax.tokenizers import aligned
+
+    config = aligned.AlignedConfig(**tok.aligned.to_dict())
+    targets = features.get("llm_text") if config.align_weight > 0 else None
+    result, embeddings = aligned.fit_aligned(input_embeddings(features, tok.input), targets, config)
+    return latent_fit(result.latents, result.codes, result.codebooks, result.info, result.last_level_costs), embeddings
 
 
 def fit_tokenizer(x: np.ndarray, tok: ml_collections.ConfigDict) -> TokenizerFit:
     """Fits ``tok.name`` (rq_vae | rq_kmeans) with its sub-config on embeddings ``x`` (``prism``
-    needs the dataset too: ``fit_prism``)."""
+    needs the dataset too: ``fit_prism``; ``aligned`` the LLM text targets: ``fit_aligned_tokenizer``)."""
     fits = {"rq_vae": _fit_rq_vae, "rq_kmeans": _fit_rq_kmeans}
     if tok.name not in fits:
         raise ValueError(f"tokenizer.name={tok.name!r} is not fitted on one embedding table; expected one of "
-                         f"{tuple(fits)} (prism: fit_prism; pctx: tokenize_personalized)")
+                         f"{tuple(fits)} (prism: fit_prism; aligned: fit_aligned_tokenizer; "
+                         f"pctx: tokenize_personalized)")
     return fits[tok.name](x, tok[tok.name])
 
 
@@ -125,7 +145,8 @@ def resolve_collisions(codes: np.ndarray, mode: str, last_level_costs) -> np.nda
         return collisions.add_dedup_digit(codes)
     if mode == "reassign":
         if last_level_costs is None:
-            raise ValueError("tokenizer.collisions='reassign' needs last-level costs; use rq_kmeans or dedup_digit")
+            raise ValueError("tokenizer.collisions='reassign' needs last-level costs; use rq_kmeans, aligned or "
+                             "dedup_digit")
         return collisions.reassign_last_level(codes, last_level_costs())
     check_choice("tokenizer.collisions", mode)
     return codes
@@ -180,11 +201,14 @@ def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, datas
 def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
              features: Features | None) -> tuple[SIDTable, dict]:
     """Fits the tokenizer, writes the SID artifact and health report; returns the table and a summary."""
+    from gr_jax.tokenizers import aligned
+
     tok = config.tokenizer
     if tok.name == "pctx":
         return tokenize_personalized(config, workdir, dataset, features)
     out_dir = os.path.join(workdir, "tokenize")
     tic = time.time()
+    code_token_embeddings = None
     if tok.name == "index_json":
         declared = tok.index_json_codebook_size
         table = SIDTable.from_index_json(tok.index_json, dataset.items.keys, declared if declared > 0 else None)
@@ -193,6 +217,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     else:
         if tok.name == "prism":
             fit = fit_prism(dataset, features, tok.prism)
+        elif tok.name == "aligned":
+            fit, code_token_embeddings = fit_aligned_tokenizer(features, tok)
         else:
             fit = fit_tokenizer(input_embeddings(features, tok.input), tok)
         report = health.compute_health(fit.codes, fit.codebooks.shape[1], residual_energy=fit.residual_energy,
@@ -204,6 +230,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
     print(health.format_health(report), flush=True)
     table.save(out_dir)
     table.to_index_json(os.path.join(out_dir, "index.json"), dataset.items.keys)
+    if path := aligned.save_code_token_embeddings(out_dir, code_token_embeddings):  # else drops a stale one
+        info = info | {"code_token_embeddings": path}
     summary = {"tokenizer": tok.name, "num_levels": table.num_levels, "codebook_sizes": list(table.codebook_sizes),
                "unique_sids_after_collision_handling": table.num_unique,
                "collision_rate_before": report.to_dict().get("collision_rate"), "health": json_path,

@@ -45,6 +45,22 @@ class RQVAEConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlignedConfig(RQVAEConfig):
+    """Semantic Convergence's Alignment Tokenization (``tokenizers.aligned``): the RQ-VAE's fields
+    (SPEC §5: 4 cascaded codebooks) plus the weight of the LLM alignment loss; ``align_weight=0``
+    is the "without alignment" ablation (a plain RQ-VAE fit, no projection trained)."""
+
+    num_levels: int = 4
+    codebook_size: int = 256
+    align_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.align_weight < 0:
+            raise ValueError(f"align_weight={self.align_weight}; it must be at least 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class RQKMeansConfig:
     """Residual k-means settings; level ``l`` uses seed ``seed + l``."""
 

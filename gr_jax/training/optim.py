@@ -27,15 +27,16 @@ def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -
     return optax.join_schedules([warm, after[train.schedule]], [warmup])
 
 
-def make_optimizer(train: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """Clipped AdamW on the schedule; parameters matching ``train.frozen`` get zero updates (no
-    gradient step and no weight decay)."""
+def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
+                   model_frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """Clipped AdamW on the schedule; parameters matching ``train.frozen`` or ``model_frozen`` (what
+    the model itself keeps fixed, e.g. LoRA's base) get zero updates (no step, no weight decay)."""
     tx = optax.chain(
         optax.clip_by_global_norm(train.grad_clip_norm),
         optax.adamw(learning_rate_schedule(train, total_steps), b1=train.b1, b2=train.b2,
                     weight_decay=train.weight_decay),
     )
-    frozen = tuple(train.frozen)
+    frozen = tuple(train.frozen) + tuple(model_frozen)
     if not frozen:
         return tx
 

@@ -256,7 +256,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
                          global_batch_size=train_cfg.batch_size, seed=config.seed,
                          with_partner=model.needs_partner, rows=rows)
     iterator = batch_iterator(data, config.data.workers)
-    optimizer = make_optimizer(train_cfg, total_steps)
+    if jax.process_index() == 0:
+        model.log_examples(data[0])
+    optimizer = make_optimizer(train_cfg, total_steps, model.frozen)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), SELECT_METRIC, keep=train_cfg.checkpoint_keep)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     with contextlib.ExitStack() as stack:

@@ -17,7 +17,7 @@ SYSTEMS = {"popularity": ("tiny", "scientific"), "cooccurrence": ("tiny", "scien
            "pctx": ("tiny", "scientific", "scientific_full"), "qformer": ("tiny", "scientific"),
            "two_tower": ("tiny", "scientific"), "crbr": ("tiny", "scientific"),
            "gat": ("tiny", "scientific"), "dccf": ("tiny", "scientific"), "lightgcn": ("tiny", "scientific"),
-           "rqvae": ("tiny", "scientific"), "rqkmeans": ("tiny", "scientific")}
+           "rqvae": ("tiny", "scientific"), "rqkmeans": ("tiny", "scientific"), "semconv": ("tiny", "scientific")}
 
 
 def test_every_variant_loads_and_validates_without_importing_jax():
