@@ -4,19 +4,21 @@
 #   FEATURES=runs/sci-features/features OUT=runs/sweep T=600 \
 #   TOKS="full|configs/prism.py:scientific|" \
 #   RUNS="prism|configs/prism.py:scientific|full|;prism_no_dsi|configs/prism.py:scientific|full|--config.model.dsi=False" \
-#   bash bench/sweep.sh [--config.extra=overrides for every run]
+#   [P=2] bash bench/sweep.sh [--config.extra=overrides for every run]
 #
 # FEATURES: a features stage's output (text_embeddings.npy, cf_embeddings.npy), e.g. from
 #   python -m gr_jax.main --config=configs/prism.py:scientific --config.stages=data,features --workdir=runs/sci-features
 # Phase 1 fits each tokenizer once (TOKS="tok|config|overrides;..."); phase 2 trains and evaluates
 # every run on a copy of its tokenizer's SID table (RUNS="name|config|tok|overrides;..."), all in
-# parallel. Results: OUT/<name>/{eval/metrics.json,train/summary.json,...}, logs OUT/<name>.log.
+# parallel (at most P at a time when P > 0: several XLA processes on few cores slow each other more
+# than they gain). Results: OUT/<name>/{eval/metrics.json,train/summary.json,...}, logs OUT/<name>.log.
 set -o pipefail
 : "${FEATURES:?set FEATURES to a features stage output dir}" "${TOKS:?}" "${RUNS:?}"
-OUT=${OUT:-runs/sweep}; T=${T:-3600}; EXTRA="$*"
+OUT=${OUT:-runs/sweep}; T=${T:-3600}; P=${P:-0}; EXTRA="$*"
 mkdir -p "$OUT"
 launch() {  # name config stages overrides...
   local name=$1 cfg=$2 stages=$3; shift 3
+  while [ "$P" -gt 0 ] && [ "$(jobs -rp | wc -l)" -ge "$P" ]; do sleep 5; done
   ( t=$SECONDS; timeout "$T" python3 -m gr_jax.main --config="$cfg" $EXTRA --config.stages="$stages" "$@" \
       --workdir="$OUT/$name" > "$OUT/$name.log" 2>&1; echo "== $name rc=$? wall=$((SECONDS - t))s" ) &
   PIDS="$PIDS $!"

@@ -57,6 +57,11 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "cache.k": (1, True), "cache.batch_size": (0, True), "cache.progress_every": (0, True),
     "model.num_intents": (0, True), "model.contrastive_temperature": (0.0, False),
     "tokenizer.aligned.align_weight": (0.0, True),
+    "model.tasks.seq": (0.0, True), "model.tasks.item2code": (0.0, True), "model.tasks.code2item": (0.0, True),
+    "model.tasks.query": (0.0, True), "model.tasks.negative": (0.0, True), "model.history_items": (1, True),
+    "model.num_candidates": (2, True), "model.lora_rank": (0, True), "model.max_title_tokens": (1, True),
+    "model.max_query_tokens": (1, True), "features.llm.vocab_size": (260, True),  # byte-level BPE: 256 bytes + 4
+    "features.llm.embed_dim": (2, True), "features.llm.max_title_tokens": (1, True),
 }
 MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive
 

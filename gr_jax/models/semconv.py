@@ -103,6 +103,8 @@ class SemConvRecommender(TrainableRecommender):
                                      c.max_title_tokens, c.max_query_tokens)
         self.builder = prompts.PromptBuilder(tables, c.history_items, c.num_candidates, len(sid_table.codes))
         self.task_weights = {t: float(c.tasks[t]) for t in prompts.TASKS}
+        if not any(self.task_weights.values()):
+            raise ValueError(f"model.tasks={self.task_weights}: every weight is 0; give at least one task a weight")
         self.beam_size = c.beam_size
         if c.lora_rank:  # the base transformer freezes; the token table stays trainable for the code rows
             self.frozen = tuple(p for p in lora_frozen_patterns() if not p.endswith("/embedding"))

@@ -38,7 +38,9 @@ class Features:
     def get(self, name: str) -> np.ndarray:
         value = getattr(self, name)
         if value is None:
-            raise ValueError(f"the '{name}' item embeddings were not computed; enable config.features.{name}")
+            section = {"llm_text": "llm", "contexts": "cf.contexts"}.get(name, name)
+            raise ValueError(f"the '{name}' item embeddings were not computed; enable config.features.{section} "
+                             "and run the features stage")
         return value
 
 

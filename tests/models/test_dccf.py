@@ -1,6 +1,6 @@
 """DCCF and its LightGCN reduction: sparse propagation against dense NumPy references, the
-LightGCN loss, training on the tiny synthetic data, a graph of training edges only, the
-features stage's ``cf.source='dccf'`` table and a ``configs/dccf.py:tiny`` run."""
+LightGCN loss, training on the tiny synthetic data, a graph of training edges only and a
+``configs/dccf.py:tiny`` run (the features stage's ``cf.source='dccf'`` table: ``test_semconv``)."""
 
 import json
 
@@ -190,22 +190,8 @@ def test_configs_validate_and_the_cf_source_is_a_choice():
         config_schema.validate(config)
 
 
-def test_features_stage_with_dccf_writes_its_item_table_and_dccf_trains_and_evaluates(tmp_path):
-    config = rqvae.get_config("tiny")
-    config.stages = "data,features"
-    config.features.text.enabled = False
-    config.features.cf.enabled = True
-    config.features.cf.source = "dccf"
-    dccf_config.shrink_for_tiny(config.features.cf.dccf.model, config.features.cf.dccf.train)
-    config.features.cf.dccf.train.batch_size = 64
-    artifacts = stages.run(config, str(tmp_path / "features"))
-    cf = artifacts.features.cf
-    assert cf.shape == (100, 16) and np.isfinite(cf).all()
-    assert np.load(tmp_path / "features" / "features" / "cf_embeddings.npy").shape == (100, 16)
-    summary = json.load(open(tmp_path / "features" / "features" / "summary.json"))
-    assert summary["cf"]["train"]["final_step"] > 0 and summary["cf"]["shape"] == [100, 16]
-    assert json.load(open(tmp_path / "features" / "features" / "cf_config.json"))["source"] == "dccf"
-
+def test_dccf_trains_and_evaluates_on_its_own(tmp_path):
+    """(The features stage with ``cf.source='dccf'`` runs in ``test_semconv``'s :tiny pipeline.)"""
     run = dccf_config.get_config("tiny")  # the model on its own: train (checkpoints) and leave-one-out eval
     run.train.batch_size = 64
     stages.run(run, str(tmp_path / "dccf"))

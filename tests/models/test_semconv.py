@@ -56,6 +56,7 @@ def build(llm_dir, code_embeddings=None, **overrides):
 BATCH = {"history": jnp.array([[0, 2, 1], [0, 0, 3]]), "history_mask": jnp.array([[False, True, True],
                                                                                  [False, False, True]]),
          "target": jnp.array([4, 1])}
+EIGHT_ROWS = {k: jnp.tile(v, (4,) + (1,) * (v.ndim - 1)) for k, v in BATCH.items()}  # every task gets a row
 
 
 def test_beam_search_over_the_kv_cache_equals_exhaustive_scoring(llm_dir):
@@ -102,7 +103,7 @@ def test_the_task_mixture_trains(llm_dir):
 
     model = build(llm_dir)
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), BATCH))
-    batch = {k: jnp.tile(v, (4,) + (1,) * (v.ndim - 1)) for k, v in BATCH.items()}  # 8 rows, 5 tasks
+    batch = EIGHT_ROWS
     assert model.task_rows(8) == {"seq": 4, "item2code": 1, "code2item": 1, "query": 1, "negative": 1}
     tx = optax.adam(1e-2)
     opt = tx.init(params)
@@ -131,10 +132,41 @@ def test_tiny_pipeline_from_features_to_the_cache(tmp_path):
     config.train.num_epochs = 1
     stages.run(config, str(tmp_path))
     read = lambda *parts: json.loads((tmp_path.joinpath(*parts)).read_text())
-    assert read("features", "summary.json")["llm"]["vocab_size"] == 400
+    features = read("features", "summary.json")
+    assert features["llm"]["vocab_size"] == 400 and features["cf"]["shape"] == [100, 16]  # DCCF's item table
+    assert read("features", "cf_config.json")["source"] == "dccf" and features["cf"]["train"]["final_step"] > 0
     assert read("tokenize", "summary.json")["tokenizer"] == "aligned"
     assert (tmp_path / "tokenize" / "code_token_embeddings.npy").is_file()
     assert 0.0 <= read("eval", "metrics.json")["test"]["recall@10"] <= 1.0
     assert read("cache", "summary.json")["users"] == 150
     items, _, found = TopKCache.open(str(tmp_path / "cache" / "topk.sqlite")).lookup([0, 149])
     assert found.all() and items.shape == (2, 20) and (items >= 0).all()
+
+
+def test_an_imported_checkpoint_keeps_its_weights_and_gains_code_rows(llm_dir, tmp_path):
+    from gr_jax.llm.hf_import import save_hf
+    from gr_jax.llm.model import LlamaConfig, LlamaModel
+
+    text_vocab = len(np.load(os.path.join(llm_dir, "token_embeddings.npy")))
+    config = LlamaConfig(vocab_size=text_vocab + 4, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=16, tie_word_embeddings=False)  # 4 padding rows, as Qwen pads
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    base = nn.meta.unbox(LlamaModel(config).init(jax.random.PRNGKey(3), tokens, *positions_and_mask(tokens >= 0)))
+    save_hf(str(tmp_path), config, base["params"])
+    (tmp_path / "tokenizer.json").write_text(open(os.path.join(llm_dir, "tokenizer.json")).read())
+
+    model = build(llm_dir, checkpoint=str(tmp_path), tie_word_embeddings=True, lora_rank=2)
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), BATCH))
+    assert model.llm_config.tie_word_embeddings is False  # the checkpoint's layout, not the config's default
+    imported = traverse_util.flatten_dict(base["params"])
+    for path, value in traverse_util.flatten_dict(params).items():
+        if path[-1] in ("lora_a", "lora_b"):
+            continue
+        if path == ("embed_tokens", "embedding"):
+            np.testing.assert_array_equal(value[:text_vocab + 4], imported[path])
+            assert value.shape[0] >= model.code_vocab.offset + 9
+        elif path == ("lm_head", "kernel"):
+            np.testing.assert_array_equal(value[:, :text_vocab + 4], imported[path])
+        else:
+            np.testing.assert_array_equal(value, imported[path])
+    assert np.isfinite(float(jax.jit(model.loss)(params, EIGHT_ROWS, jax.random.PRNGKey(0))[0]))
