@@ -16,14 +16,15 @@ set -o pipefail
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 C=configs/semconv.py:scientific
 EPOCHS=${EPOCHS:-3}; OUT=${OUT:-runs/semconv-abl}
-BUDGET="--config.train.num_epochs=$EPOCHS --config.train.eval_every_epochs=$EPOCHS"
+# Validation NDCG@10 comes from the train stage's last evaluation; the eval stage scores the test split.
+BUDGET="--config.train.num_epochs=$EPOCHS --config.train.eval_every_epochs=$EPOCHS --config.eval.splits=test"
 cd "$(dirname "$0")/.."
 FEATURES=runs/semconv-sci/features OUT=$OUT P=${P:-1} T=9000 \
   TOKS="align|$C|;noalign|$C|--config.tokenizer.aligned.align_weight=0" \
-  RUNS="full|$C|align|;no_align|$C|noalign|;no_seq|$C|align|--config.model.tasks.seq=0;\
-no_text|$C|align|--config.model.tasks.item2code=0 --config.model.tasks.code2item=0;\
-no_query|$C|align|--config.model.tasks.query=0;no_negative|$C|align|--config.model.tasks.negative=0;\
-lora_r8|$C|align|--config.model.lora_rank=8" bash bench/sweep.sh $BUDGET
+  RUNS=${RUNS:-"full|$C|align|;no_align|$C|noalign|;lora_r8|$C|align|--config.model.lora_rank=8;\
+no_seq|$C|align|--config.model.tasks.seq=0;no_text|$C|align|--config.model.tasks.item2code=0 \
+--config.model.tasks.code2item=0;no_query|$C|align|--config.model.tasks.query=0;\
+no_negative|$C|align|--config.model.tasks.negative=0"} bash bench/sweep.sh $BUDGET
 FEATURES=runs/semconv-sci-sasrec-feat/features OUT=$OUT-sasrec T=9000 \
   TOKS="sasrec|$C|--config.features.cf.source=sasrec" \
   RUNS="sasrec_cf|$C|sasrec|--config.features.cf.source=sasrec" bash bench/sweep.sh $BUDGET
