@@ -32,6 +32,8 @@ def run(args, **kwargs):
 def losses(workdir):
     out = {}
     for line in open(os.path.join(workdir, "train", "metrics.jsonl")):
+        if not line.endswith("\n"):  # the run is writing this line now: read it next time
+            break
         record = json.loads(line)
         if "train/loss" in record:
             out[record["step"]] = record["train/loss"]
