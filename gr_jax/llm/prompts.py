@@ -156,35 +156,32 @@ class PromptBuilder:
         at_end = jnp.arange(ids.shape[1])[None] == end[:, None]
         return jnp.where(at_end, self.t.eos, ids), mask | at_end
 
+    def _framed(self, task: str, middle: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """The prompt ``before + middle + after`` of a task with a two-part template."""
+        before, after = self.t.templates[task]
+        n = len(middle[0])
+        return self._prompt([self._constant(before, n), middle, self._constant(after, n)])
+
     def seq(self, batch: dict, rng: jax.Array) -> Example:
         del rng
-        n = len(batch["target"])
-        before, after = self.t.templates["seq"]
-        prompt = self._prompt([self._constant(before, n), self._history(batch["history"], batch["history_mask"]),
-                               self._constant(after, n)])
+        prompt = self._framed("seq", self._history(batch["history"], batch["history_mask"]))
         return Example(*prompt, *self._code_response(batch["target"]))
 
     def item2code(self, batch: dict, rng: jax.Array) -> Example:
         del rng
-        target, n = batch["target"], len(batch["target"])
-        before, after = self.t.templates["item2code"]
-        prompt = self._prompt([self._constant(before, n), (self.t.titles[target], self.t.title_mask[target]),
-                               self._constant(after, n)])
+        target = batch["target"]
+        prompt = self._framed("item2code", (self.t.titles[target], self.t.title_mask[target]))
         return Example(*prompt, *self._code_response(target))
 
     def code2item(self, batch: dict, rng: jax.Array) -> Example:
         del rng
-        target, n = batch["target"], len(batch["target"])
-        before, after = self.t.templates["code2item"]
-        prompt = self._prompt([self._constant(before, n), self._codes_of(target[:, None]), self._constant(after, n)])
-        return Example(*prompt, *self._title_response(target))
+        target = batch["target"]
+        return Example(*self._framed("code2item", self._codes_of(target[:, None])), *self._title_response(target))
 
     def query(self, batch: dict, rng: jax.Array) -> Example:
         del rng
-        target, n = batch["target"], len(batch["target"])
-        before, after = self.t.templates["query"]
-        prompt = self._prompt([self._constant(before, n), (self.t.queries[target], self.t.query_mask[target]),
-                               self._constant(after, n)])
+        target = batch["target"]
+        prompt = self._framed("query", (self.t.queries[target], self.t.query_mask[target]))
         return Example(*prompt, *self._code_response(target))
 
     def candidates(self, target: jax.Array, rng: jax.Array) -> jax.Array:
