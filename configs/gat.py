@@ -4,8 +4,25 @@ item's RQ-KMeans codes after a target action, ranking predicts the action on a g
 
 Variants: default (a synthetic exposure log: a logging policy shows items, clicks at a few
 percent), ``:tiny`` (tests), ``:scientific`` (Scientific, all events positive, at TIGER's
-``:scientific`` budget). ``--config.model.init_qformer_from=WORKDIR`` starts the Q-Former from a
-``configs/qformer.py`` run with the same Q-Former fields (frozen by ``train.frozen``).
+``:scientific`` budget), ``:stage2`` (stage 2 of the curriculum, below).
+``--config.model.init_qformer_from=WORKDIR`` starts the Q-Former from a ``configs/qformer.py`` run
+with the same Q-Former fields (frozen by ``train.frozen``).
+
+Two-stage curriculum (design doc §4.3.6): stage 1 is the default run (full model, 1:1); stage 2
+starts from its best params and shifts the positive:negative ratio 1:2 -> 1:5 -> 1:10 with the
+transformer backbone frozen (only the contextualized residuals and the action head train)::
+
+    python -m gr_jax.main --config=configs/gat.py --workdir=runs/gat-s1
+    python -m gr_jax.main --config=configs/gat.py:stage2 --config.model.init_from=runs/gat-s1 --workdir=runs/gat-s2
+
+Stage 2 reruns the data, features and tokenize stages in its own workdir (deterministic; its SIDs
+are checked against stage 1's). Either stage resumes from its latest checkpoint when rerun.
+
+Steering (§4.4): ``model.explore_prob``/``model.category_prompt_prob`` train the ``[EXPLORE]`` token
+and the category soft prompts (``GATRecommender.steer`` uses them; ``model.steer_explore`` and
+``model.steer_category`` steer an eval run's lists). Distilled sampler (§4.3.1):
+``--config.model.sampler_dim=128 --config.model.init_from=runs/gat-s1`` trains only a one-shot
+sampler head on that run's frozen model; the eval lists are then the sampler's.
 """
 
 import ml_collections
@@ -33,6 +50,16 @@ def model_config() -> ml_collections.ConfigDict:
     m.negatives_per_positive = 1  # training keeps 1:k positive:negative targets (k = this; 0 keeps all)
     m.negative_sample_seed = 0
     m.negative_item_weight = 0.0  # weight of -log(1 - P(item | history, click)) on skipped targets (§4.3.4)
+    m.curriculum = ()  # negatives per positive of each training phase, in order (stage 2: (2, 5, 10)); () = one phase
+    m.freeze_backbone = False  # stage 2: train only the contextualized residuals and the action head
+    m.init_from = ""  # a finished gat run's WORKDIR whose best params training starts from ('' = fresh init)
+    # Steering (§4.4): training probabilities of the learned prompts (0 = not trained), and the eval stage's prompt.
+    m.explore_prob = 0.0  # [EXPLORE] before a clicked target outside the categories of the engaged history
+    m.category_prompt_prob = 0.0  # the target category's soft prompt before a clicked target
+    m.category_level = 0  # the category level of soft prompts and novelty (0 = top)
+    m.steer_explore = False  # eval lists after [EXPLORE] + [CLICK]
+    m.steer_category = -1  # eval lists after this category's soft prompt (-1 = none)
+    m.sampler_dim = 0  # > 0: train only a distilled one-shot sampler head of this width on model.init_from's model
     m.beam_size = 20
     m.exclude_history = False  # drop items the user already engaged with from the retrieved list
     m.engaged_history = True  # also read the last max_history engaged events, not only the last events
@@ -40,7 +67,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    common.check_variant(arg, ("tiny", "scientific"))
+    common.check_variant(arg, ("tiny", "scientific", "stage2"))
     c = common.base_config("gat", stages="data,features,tokenize,train,eval")
     c.data.synthetic.exposure_log = True
     c.data.targets = "positive"  # valid/test targets are each user's last two clicks
@@ -55,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.frozen = ("qformer",)
     c.train.num_epochs = 10
     c.train.eval_every_epochs = 2
-    if not arg:
+    if arg in (None, "stage2"):
         c.tokenizer.rq_kmeans.codebook_size = 64  # 1,000 synthetic items (as configs/prism.py)
     elif arg == "tiny":
         common.use_tiny(c)
@@ -68,4 +95,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.use_scientific(c)
         c.train.update(tiger.SCIENTIFIC)
         c.train.frozen = ()  # no pre-trained Q-Former at this budget: trained end to end
+    if arg == "stage2":
+        use_stage2(c)
     return c
+
+
+def use_stage2(c: ml_collections.ConfigDict) -> None:
+    """Stage 2 of the curriculum on top of a stage-1 config: the ratios 1:2, 1:5, 1:10 (equal steps
+    each) with the backbone frozen, from ``model.init_from`` (required: a finished stage-1 run).
+    Validation runs once, at the end: the checkpoint kept is the 1:10 one (selecting by retrieval
+    NDCG@10 along the way would keep an early phase's)."""
+    c.model.update(curriculum=(2, 5, 10), freeze_backbone=True)
+    c.train.num_epochs = 3  # of the mean phase (1:5.7): about as many examples as stage 1's 10 epochs at 1:1
+    c.train.eval_every_epochs = 1_000_000

@@ -28,37 +28,49 @@ def _process_shard() -> tuple[int, int]:
 
 def train_dataset(interactions: Interactions, *, max_history: int, global_batch_size: int, seed: int,
                   num_epochs: int | None = None, shard: tuple[int, int] | None = None,
-                  with_partner: bool = False, rows: np.ndarray | None = None) -> grain.MapDataset:
+                  with_partner: bool = False, rows: np.ndarray | None = None,
+                  phases: tuple[np.ndarray, ...] = (), phase_batches: int = 0) -> grain.MapDataset:
     """Shuffled, repeated training batches for this process: rows ``[i·B/P, (i+1)·B/P)`` of each
     global batch of ``B = global_batch_size`` for process ``i`` of ``P``.
 
     ``rows``: the training examples, (user, target position) rows (default: every one of the train
-    split). ``with_partner`` adds ``partner_history``/``partner_history_mask``: the history of
-    another training example with the same target (DuoRec's supervised positive).
+    split). ``phases`` (instead of ``rows``): a curriculum, the examples of each phase; global batch
+    ``b`` comes from phase ``b // phase_batches`` (the last phase repeats), each phase shuffled by
+    its own ``EpochOrder``, so the batch index alone still fixes a batch (resume). ``with_partner``
+    adds ``partner_history``/``partner_history_mask``: the history of another training example
+    with the same target (DuoRec's supervised positive).
     """
     index, count = shard or _process_shard()
     if global_batch_size % count:
         raise ValueError(f"train.batch_size={global_batch_size} must be divisible by the {count} processes")
-    rows = example_index(interactions, "train") if rows is None else rows
-    if not len(rows):
+    if phases and (rows is not None or num_epochs is not None or with_partner or phase_batches < 1):
+        raise ValueError("a curriculum (phases) takes phase_batches >= 1 and neither rows, num_epochs nor partners")
+    phases = phases or (example_index(interactions, "train") if rows is None else rows,)
+    if not all(len(r) for r in phases):
         raise ValueError("no training examples: every user needs at least 4 events for a training target")
+    rows = phases[0]
     partners = same_target_partners(interactions, rows, seed) if with_partner else None
 
-    def assemble(example_ids: np.ndarray) -> dict[str, np.ndarray]:
-        batch = assemble_batch(interactions, rows[example_ids], max_history)
+    def assemble(phase_rows: np.ndarray, example_ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch = assemble_batch(interactions, phase_rows[example_ids], max_history)
         if partners is not None:
             partner = assemble_batch(interactions, rows[partners[example_ids]], max_history)
             batch |= {"partner_history": partner["history"], "partner_history_mask": partner["history_mask"]}
         return batch
 
-    order = EpochOrder(len(rows), seed)
+    orders = [EpochOrder(len(r), seed) for r in phases]
     local = global_batch_size // count
     if num_epochs is None:
         num_batches = UNBOUNDED // global_batch_size
     else:
         num_batches = len(rows) * num_epochs // global_batch_size
-    ds = grain.MapDataset.range(num_batches)
-    return ds.map(lambda b: assemble(order.examples(b * global_batch_size + index * local, local)))
+
+    def batch_at(b: int) -> dict[str, np.ndarray]:
+        phase = min(b // phase_batches, len(phases) - 1) if phase_batches else 0
+        start = (b - phase * phase_batches) * global_batch_size + index * local
+        return assemble(phases[phase], orders[phase].examples(start, local))
+
+    return grain.MapDataset.range(num_batches).map(batch_at)
 
 
 UNBOUNDED = 2**62  # examples in a repeat-forever stream

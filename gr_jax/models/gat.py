@@ -44,7 +44,31 @@ negatives per positive (``training_rows``), which multiplies the odds of a posit
 ``α = (1 / k) / r`` against the logged ratio ``r`` of the training split; ranking reports
 ``P(positive)`` both raw and calibrated, ``logit - log α``.
 
-Params: ``{"qformer", "gat"}``.
+**Two-stage curriculum (§4.3.6).** Stage 1 trains the full model at a high-positive ratio (the
+default, 1:1). Stage 2 (``configs/gat.py:stage2``) starts from stage 1's best params
+(``model.init_from``) and shifts the ratio through ``model.curriculum`` (1:2, 1:5, 1:10: one
+training phase each, ``training_phases``) with ``model.freeze_backbone``: only the contextualized
+residuals and the action head train (``STAGE2_TRAINED``), so retrieval keeps what stage 1 learned;
+the calibration follows the last phase's ratio.
+
+**Steering (§4.4).** Prompt tokens between the history and the intent reshape retrieval without
+retraining (``steer``): the event "clicked the seed item" (more like this; a history event, so
+nothing to learn), ``[EXPLORE]`` (an action-vocabulary control token) and a category's soft prompt
+(one learned vector per category at ``model.category_level``). Training teaches the last two: with
+probability ``model.explore_prob`` ``[EXPLORE]`` precedes a positive target outside the categories
+of the user's engaged history, and with probability ``model.category_prompt_prob`` the target's
+category prompt precedes a positive target (view A, ``training_prompt``). An absent prompt token is
+masked and takes no position, so a model trained with them ranks exactly as without them when
+none is given. ``model.steer_explore``/``model.steer_category`` steer the eval stage's lists.
+
+**Distilled sampler (§4.3.1).** With ``model.sampler_dim > 0`` a light head (``Sampler``) reads the
+hidden state of the ``[CLICK]`` intent after the history and scores every item at once; a run with
+it starts from a trained model (``model.init_from``), freezes that model (the teacher) and trains
+only the head, by cross-entropy against the teacher's beam distribution (the beam's items weighted
+by the softmax of their ``log P(I | H, click)``). Its ``topk`` is then one forward pass and one
+matrix product, no decoding loop (``steer`` still decodes with the teacher).
+
+Params: ``{"qformer", "gat"}`` (+ ``"sampler"``).
 """
 
 from __future__ import annotations
@@ -68,14 +92,20 @@ from gr_jax.models.layers.t5 import KeyValues, RMSNorm
 from gr_jax.models.recommender import ActionRanker
 from gr_jax.models.two_tower import item_feature_table, with_values
 from gr_jax.models.user_tower import QFormer, QFormerConfig, QFormerUserTower
+from gr_jax.ops import NEG_INF
 from gr_jax.params import is_frozen
 from gr_jax.tokenizers.sid_table import SIDTable
 
 # Action tokens: the logged actions (their codes in ``Interactions.actions``), then control tokens.
 ACTION_TOKENS = ACTIONS + ("any", "explore") + tuple(f"reserved_{i}" for i in range(6))
-ANY = ACTION_TOKENS.index("any")
+ANY, EXPLORE = ACTION_TOKENS.index("any"), ACTION_TOKENS.index("explore")
 POSITIVE = np.array([ACTIONS.index(a) for a in POSITIVE_ACTIONS])
 PROMPT, ITEM, OUTCOME, INTENT, CODE = range(5)  # token roles
+# Stage 2 of the curriculum trains these (the contextualized residuals and the action head); the
+# backbone, every other parameter, is frozen by ``model.freeze_backbone``.
+STAGE2_TRAINED = ("gat/learned_items", "gat/gate_hidden", "gat/gate_out", "gat/action_head")
+BACKBONE = ("qformer", "gat/code_embed", "gat/action_embed", "gat/role_embed", "gat/prompt_proj", "gat/static_proj",
+            "gat/static_norm", "gat/blocks_*", "gat/final_norm", "gat/category_prompts")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +115,7 @@ class GATConfig(DecoderConfig):
     num_items: int
     contextual_residual: bool = True
     gate_hidden: int = 64
+    num_categories: int = 0  # soft prompts (0: none)
 
 
 class GAT(nn.Module):
@@ -108,6 +139,8 @@ class GAT(nn.Module):
             # Zero kernel, bias -5: every gate starts at sigmoid(-5) = 0.0067 (the static base first).
             self.gate_out = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(-5.0),
                                      name="gate_out")
+        if c.num_categories:
+            self.category_prompts = self.param("category_prompts", init, (c.num_categories, c.embed_dim))
         self.blocks = [DecoderBlock(c) for _ in range(c.num_layers)]
         self.final_norm = RMSNorm()
         self.action_head = nn.Dense(len(ACTIONS), name="action_head")
@@ -149,6 +182,10 @@ class GAT(nn.Module):
         """``[B] -> [B, 1, d]``."""
         return (self.action_embed(intents) + self.role_embed(jnp.asarray(INTENT)))[:, None]
 
+    def category_token(self, categories):
+        """Soft prompts ``[B, 1, d]`` of ``categories [B]`` (-1 reads category 0: callers mask it)."""
+        return self.category_prompts[jnp.maximum(categories, 0)][:, None]
+
     def __call__(self, tokens, positions, mask, train: bool = False):
         """Final hidden states ``[B, T, d]`` and each block's keys and values."""
         x, memories = tokens, []
@@ -174,6 +211,20 @@ class GAT(nn.Module):
         return self.final_norm(x), tuple(new)
 
 
+class Sampler(nn.Module):
+    """The distilled one-shot sampler head: item logits ``[B, N]`` from the intent's hidden state
+    ``[B, d]`` (a two-layer query against a learned item table)."""
+
+    num_items: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, hidden):
+        query = nn.Dense(self.dim, name="query")(nn.gelu(nn.Dense(self.dim, name="hidden")(hidden)))
+        items = self.param("items", nn.initializers.normal(self.dim ** -0.5), (self.num_items, self.dim))
+        return query @ items.T + self.param("bias", nn.initializers.zeros, (self.num_items,))
+
+
 class GATRecommender(ActionRanker):
     """The Generative Action Transformer behind the recommender contract (module docstring).
 
@@ -181,15 +232,26 @@ class GATRecommender(ActionRanker):
     embeddings (``model.item_features``); ``interactions``: the dataset's sequences (their training
     split's positive share fixes the calibration); ``pretrained_qformer``: Q-Former params to start
     from; ``unroll_decoding``: unroll the beam search's depth loop (only to count FLOPs); ``frozen``:
-    ``train.frozen``.
+    ``train.frozen``. ``model.freeze_backbone`` freezes ``BACKBONE`` itself (``self.frozen``); with
+    ``model.sampler_dim`` everything but the sampler is frozen.
+    ``categories``: each item's category path (``ItemTable.categories``), for steering.
     """
 
     float_tables = ("features",)
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, features,
                  interactions: Interactions, pretrained_qformer: dict | None = None, unroll_decoding: bool = False,
-                 frozen: tuple[str, ...] = ()):
+                 frozen: tuple[str, ...] = (), categories: list[tuple[str, ...]] | None = None):
         self.config = model_config
+        self.explore_prob = float(model_config.explore_prob)
+        self.category_prompt_prob = float(model_config.category_prompt_prob)
+        self.steer_explore, self.steer_category = bool(model_config.steer_explore), int(model_config.steer_category)
+        if categories is None and (self.explore_prob > 0 or self.category_prompt_prob > 0):
+            raise ValueError("model.explore_prob and model.category_prompt_prob need the items' categories")
+        if self.steer_category >= 0 and self.category_prompt_prob <= 0:
+            raise ValueError("model.steer_category needs category prompts trained: model.category_prompt_prob > 0")
+        self.item_categories = None if categories is None else jnp.asarray(
+            category_ids(categories, model_config.category_level))
         self.features = jnp.asarray(item_feature_table(model_config, features))
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         codebook_size = max(sid_table.codebook_sizes)
@@ -200,28 +262,35 @@ class GATRecommender(ActionRanker):
         self.module = GAT(from_config(GATConfig, model_config.decoder, num_levels=sid_table.num_levels,
                                       codebook_size=codebook_size, num_items=sid_table.num_items,
                                       contextual_residual=model_config.contextual_residual,
-                                      gate_hidden=model_config.gate_hidden))
+                                      gate_hidden=model_config.gate_hidden,
+                                      num_categories=int(self.item_categories.max()) + 1
+                                      if self.category_prompt_prob > 0 else 0))
         self.pretrained_qformer = pretrained_qformer
-        # A frozen Q-Former (train.frozen) gets no update, so its backward pass is skipped too.
-        self.qformer_frozen = is_frozen("qformer/queries", frozen)
+        self.sampler = Sampler(sid_table.num_items, model_config.sampler_dim) if model_config.sampler_dim else None
+        self.frozen = ("qformer", "gat") if self.sampler else BACKBONE if model_config.freeze_backbone else ()
+        # A frozen Q-Former gets no update, so its backward pass is skipped too.
+        self.qformer_frozen = is_frozen("qformer/queries", tuple(frozen) + self.frozen)
         self.beam_size = model_config.beam_size
         self.exclude_history = bool(model_config.exclude_history)
         self.engaged_history = bool(model_config.engaged_history)
         self.unroll_decoding = unroll_decoding  # only to count FLOPs (see beam_search)
         self.target_action = ACTIONS.index(model_config.target_action)
         self.negatives_per_positive = int(model_config.negatives_per_positive)
+        self.curriculum = tuple(int(k) for k in model_config.curriculum)
         self.negative_item_weight = float(model_config.negative_item_weight)
         self.log_odds_shift = self.calibration_shift(interactions)
 
     def calibration_shift(self, interactions: Interactions) -> float:
-        """``log α``: how much training's negative subsampling raised the log-odds of a positive
-        against the training split's logged ratio (0 when every negative is kept)."""
-        if self.negatives_per_positive <= 0:
+        """``log α``: how much training's negative subsampling (the last curriculum phase's, which the
+        action head saw last) raised the log-odds of a positive against the training split's logged
+        ratio (0 when every negative is kept)."""
+        k = self.curriculum[-1] if self.curriculum else self.negatives_per_positive
+        if k <= 0:
             return 0.0
         train = train_event_mask(interactions)
         positives = positive_events(interactions.actions, len(interactions.items))[train]
         logged = positives.sum() / max((~positives).sum(), 1)
-        return float(np.log((1.0 / self.negatives_per_positive) / max(logged, 1e-12)))
+        return float(np.log((1.0 / k) / max(logged, 1e-12)))
 
     # ------------------------------------------------------------------ inputs
 
@@ -282,6 +351,49 @@ class GATRecommender(ActionRanker):
         intent = self.module.apply(variables, intents, method=GAT.intent_token)
         return jnp.concatenate([intent, codes], 1)
 
+    def prompt_tokens(self, params, batch, profile, explore=None, category=None, seed=None):
+        """Steering prompt tokens ``[B, S, d]`` (between the history and the intent) and which of them
+        are present ``[B, S]``, or None without a prompt: the event "clicked ``seed``" (item ids
+        ``[B]``, -1 none; two tokens), ``[EXPLORE]`` (``explore [B]`` bool) and the soft prompt of
+        ``category`` (``[B]``, -1 none)."""
+        variables = {"params": params["gat"]}
+        tokens, present = [], []
+        if seed is not None:
+            items = jnp.maximum(seed, 0)[:, None]
+            residual, _ = self.module.apply(variables, items, self.features[items], profile, method=GAT.contextual)
+            click = jnp.full(items.shape, ACTIONS.index("click"))
+            tokens.append(self.module.apply(variables, self.codes[items], click, residual, method=GAT.history_tokens))
+            present.append(jnp.repeat((seed >= 0)[:, None], 2, 1))
+        if explore is not None:
+            tokens.append(self.module.apply(variables, jnp.full(explore.shape, EXPLORE), method=GAT.intent_token))
+            present.append(explore[:, None])
+        if category is not None:
+            tokens.append(self.module.apply(variables, category, method=GAT.category_token))
+            present.append((category >= 0)[:, None])
+        return (jnp.concatenate(tokens, 1), jnp.concatenate(present, 1)) if tokens else None
+
+    def novel(self, batch, items):
+        """Whether each of ``items [B, K]`` lies outside the categories (``model.category_level``) of
+        the user's engaged history."""
+        engaged, mask = self.engaged(batch)
+        categories = self.item_categories
+        same = (categories[jnp.maximum(items, 0)][:, :, None] == categories[engaged][:, None, :]) & mask[:, None, :]
+        return ~same.any(-1)
+
+    def training_prompt(self, batch, positive, rng) -> dict:
+        """The steering prompts of a training batch (``prompt_tokens`` arguments): ``[EXPLORE]`` with
+        probability ``model.explore_prob`` before a positive target that is ``novel``, the target's
+        category prompt with probability ``model.category_prompt_prob`` before a positive target."""
+        prompt = {}
+        explore_rng, category_rng = jax.random.split(rng)
+        if self.explore_prob > 0:
+            draw = jax.random.uniform(explore_rng, positive.shape) < self.explore_prob
+            prompt["explore"] = positive & draw & self.novel(batch, batch["target"][:, None])[:, 0]
+        if self.category_prompt_prob > 0:
+            draw = jax.random.uniform(category_rng, positive.shape) < self.category_prompt_prob
+            prompt["category"] = jnp.where(positive & draw, self.item_categories[batch["target"]], -1)
+        return prompt
+
     # ------------------------------------------------------------------ contract
 
     def init(self, rng, batch):
@@ -294,8 +406,12 @@ class GATRecommender(ActionRanker):
         if self.pretrained_qformer is not None:
             qformer = with_values(qformer, self.pretrained_qformer)
         # Trace every method once so that every parameter exists.
-        return {"qformer": qformer, "gat": self.module.init(g_rng, method=self._init_all,
-                                                            batch=batch, qformer=nn.meta.unbox(qformer))["params"]}
+        params = {"qformer": qformer, "gat": self.module.init(g_rng, method=self._init_all, batch=batch,
+                                                              qformer=nn.meta.unbox(qformer))["params"]}
+        if self.sampler:
+            hidden = jnp.zeros((1, self.module.config.embed_dim))
+            params["sampler"] = self.sampler.init(jax.random.fold_in(rng, 3), hidden)["params"]
+        return params
 
     def _init_all(self, module: GAT, batch, qformer):
         items, mask = self.engaged(batch)
@@ -305,37 +421,55 @@ class GATRecommender(ActionRanker):
         history = module.history_tokens(self.codes[batch["history"]], jnp.ones_like(batch["history"]), residual)
         codes = module.code_tokens(self.codes[batch["target"]])
         intent = module.intent_token(jnp.full(batch["target"].shape, ANY))
-        tokens = jnp.concatenate([prompt, history, intent, codes], 1)
+        steering = [module.category_token(jnp.zeros_like(batch["target"]))] if module.config.num_categories else []
+        tokens = jnp.concatenate([prompt, history, *steering, intent, codes], 1)
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape[:2])
         hidden, _ = module(tokens, positions, causal_mask(jnp.ones(tokens.shape[:2], bool)))
         return module.code_logits(hidden[:, -1], 0), module.action_logits(hidden[:, -1])
 
     def training_rows(self, rows: np.ndarray, interactions: Interactions) -> np.ndarray:
-        """Every positive target and ``negatives_per_positive`` negatives per positive (a seeded
-        subset; every negative when 0)."""
-        if self.negatives_per_positive <= 0:
+        """Every positive target and ``negatives_per_positive`` negatives per positive."""
+        return self.sample_negatives(rows, interactions, self.negatives_per_positive)
+
+    def training_phases(self, rows: np.ndarray, interactions: Interactions) -> tuple[np.ndarray, ...]:
+        """One phase per ``model.curriculum`` ratio (stage 2), else ``training_rows``."""
+        if not self.curriculum:
+            return super().training_phases(rows, interactions)
+        return tuple(self.sample_negatives(rows, interactions, k) for k in self.curriculum)
+
+    def sample_negatives(self, rows: np.ndarray, interactions: Interactions, k: int) -> np.ndarray:
+        """Every positive target and ``k`` negatives per positive (a seeded subset; every negative
+        when ``k`` is 0)."""
+        if k <= 0:
             return rows
         positive = positive_events(interactions.actions, len(interactions.items))[
             interactions.offsets[rows[:, 0]] + rows[:, 1]]
         negatives = np.flatnonzero(~positive)
-        keep = min(len(negatives), self.negatives_per_positive * int(positive.sum()))
+        keep = min(len(negatives), k * int(positive.sum()))
         chosen = np.random.default_rng(self.config.negative_sample_seed).choice(negatives, keep, replace=False)
         return rows[np.sort(np.concatenate([np.flatnonzero(positive), chosen]))]
 
     def loss(self, params, batch, rng, step=None):
         del step
+        if self.sampler:
+            return self.distillation_loss(params, batch)
         q_rng, dropout_rng = jax.random.split(rng)
         prefix, valid, profile, gate = self.prefix(params, batch, q_rng, with_gate=True)
         target_actions = self._actions(batch, "target_action", batch["target"].shape)
         positive = jnp.isin(target_actions, POSITIVE)
         intent_a = jnp.where(positive, target_actions, self.target_action)
         view_a = self._target_view(params, batch, profile, intent_a, with_residual=False)
+        steering = self.prompt_tokens(params, batch, profile, **self.training_prompt(
+            batch, positive, jax.random.fold_in(rng, 2)))
+        present = None
+        if steering is not None:
+            view_a, present = jnp.concatenate([steering[0], view_a], 1), steering[1]
         view_b = self._target_view(params, batch, profile, jnp.full(target_actions.shape, ANY), with_residual=True)
-        tokens, positions, mask = packed_views(prefix, valid, view_a, view_b)
+        tokens, positions, mask = packed_views(prefix, valid, view_a, view_b, present)
         hidden, _ = self.module.apply({"params": params["gat"]}, tokens, positions, mask, True,
                                       rngs={"dropout": dropout_rng})
         levels = self.codes.shape[1]
-        p = prefix.shape[1]
+        p = prefix.shape[1] + (0 if present is None else present.shape[1])
         item_hidden = hidden[:, p:p + levels]  # X, c_1 .. c_{L-1} of view A
         code_logits = jnp.stack([self.module.apply({"params": params["gat"]}, item_hidden[:, l], l,
                                                    method=GAT.code_logits) for l in range(levels)], 1)
@@ -358,12 +492,55 @@ class GATRecommender(ActionRanker):
             metrics["negative_item_loss"] = unlikely
         return loss, metrics
 
-    def search(self, params, batch, beam_size: int, intents=None):
-        """Beam search over the trie of SIDs after the intent (``target_action`` by default)."""
+    def intent_hidden(self, params, batch):
+        """The final hidden state ``[B, d]`` of the ``target_action`` intent after the prompt and
+        history (what generates the first code): one forward pass."""
         variables = {"params": params["gat"]}
         prefix, valid, _ = self.prefix(params, batch)
+        intent = self.module.apply(variables, jnp.full(valid.shape[:1], self.target_action), method=GAT.intent_token)
+        tokens = jnp.concatenate([prefix, intent], 1)
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape[:2])
+        mask = causal_mask(jnp.concatenate([valid, jnp.ones_like(valid[:, :1])], 1))
+        return self.module.apply(variables, tokens, positions, mask)[0][:, -1]
+
+    def sampler_logits(self, params, batch):
+        """The sampler's item logits ``[B, N]`` (no gradient into the teacher)."""
+        hidden = jax.lax.stop_gradient(self.intent_hidden(params, batch))
+        return self.sampler.apply({"params": params["sampler"]}, hidden).astype(jnp.float32)
+
+    def distillation_loss(self, params, batch):
+        """Cross-entropy of the sampler against the teacher's beam distribution (a SID's mass split
+        evenly over the items that share it)."""
+        sids, scores = self.search(jax.lax.stop_gradient(params), batch, self.beam_size).results()
+        items = self.leaf_items[jnp.maximum(sids, 0)]  # [B, W, C], -1 padded
+        share = (items >= 0) / jnp.maximum((items >= 0).sum(-1, keepdims=True), 1)
+        weights = jax.nn.softmax(scores, -1)[..., None] * share  # dead beams: -inf scores, weight 0
+        log_probs = jax.nn.log_softmax(self.sampler_logits(params, batch), -1)
+        picked = jnp.take_along_axis(log_probs, jnp.maximum(items, 0).reshape(items.shape[0], -1), 1)
+        loss = -(weights * picked.reshape(items.shape)).sum((1, 2)).mean()
+        return loss, {"distill_loss": loss}
+
+    def sampler_topk(self, params, batch, k):
+        """The sampler's top-``k`` items ``[B, k]``: one forward pass and one product with the item table."""
+        logits = self.sampler_logits(params, batch)
+        if self.exclude_history:
+            history, engaged = self.engaged(batch)
+            rows = jnp.arange(logits.shape[0])[:, None]
+            logits = logits.at[rows, history].min(jnp.where(engaged, NEG_INF, jnp.inf))
+        return jax.lax.top_k(logits, k)[1]
+
+    def search(self, params, batch, beam_size: int, intents=None, prompt: dict | None = None):
+        """Beam search over the trie of SIDs after the intent (``target_action`` by default), with the
+        steering ``prompt`` (``prompt_tokens`` arguments) before it."""
+        variables = {"params": params["gat"]}
+        prefix, valid, profile = self.prefix(params, batch)
         batch_size, length = prefix.shape[:2]
         positions = jnp.broadcast_to(jnp.arange(length), (batch_size, length))
+        steering = self.prompt_tokens(params, batch, profile, **(prompt or {}))
+        if steering is not None:  # absent prompt tokens are masked and take no position
+            prefix, valid = jnp.concatenate([prefix, steering[0]], 1), jnp.concatenate([valid, steering[1]], 1)
+            positions = jnp.concatenate([positions, length - 1 + jnp.cumsum(steering[1], 1)], 1)
+        start = positions[:, -1] + 1  # the intent's position [B]
         _, memories = self.module.apply(variables, prefix, positions, causal_mask(valid))
         intents = jnp.full((batch_size,), self.target_action) if intents is None else intents
         intent = self.module.apply(variables, intents, method=GAT.intent_token)[:, 0]  # [B, d]
@@ -376,8 +553,8 @@ class GATRecommender(ActionRanker):
             codes = self.module.apply(variables, jnp.maximum(previous, 0), method=GAT.code_tokens_at,
                                       level=jnp.maximum(level - 1, 0))
             token = jnp.where(level == 0, jnp.broadcast_to(intent[:, None], codes.shape), codes)
-            hidden, caches = self.module.apply(variables, token, jnp.full((batch_size,), length + level), memories,
-                                               valid, caches, level, method=GAT.step)
+            hidden, caches = self.module.apply(variables, token, start + level, memories, valid, caches, level,
+                                               method=GAT.step)
             logits = self.module.apply(variables, hidden, level, method=GAT.code_logits)
             return jax.nn.log_softmax(logits.astype(jnp.float32), -1), caches
 
@@ -385,7 +562,22 @@ class GATRecommender(ActionRanker):
                            unroll=self.unroll_decoding)
 
     def topk(self, params, batch, k):
-        sids, _ = self.search(params, batch, max(self.beam_size, k)).results()
+        """The sampler's list when there is one, else ``steer`` with the eval stage's prompt
+        (``model.steer_explore``, ``model.steer_category``; both off: ``[CLICK]`` alone)."""
+        if self.sampler:
+            return self.sampler_topk(params, batch, k)
+        rows = batch["history"].shape[:1]
+        category = None if self.steer_category < 0 else jnp.full(rows, self.steer_category)
+        return self.steer(params, batch, k, explore=self.steer_explore, category=category)
+
+    def steer(self, params, batch, k, explore: bool = False, category=None, seed=None):
+        """The top-``k`` items ``[B, k]`` after a steering prompt and ``[CLICK]`` (§4.4): ``explore``
+        prepends ``[EXPLORE]`` (novel items that stay relevant), ``category [B]`` a category's soft
+        prompt (ids of ``category_ids``; -1 none), ``seed [B]`` the event "clicked this item" (more
+        like it; -1 none). No prompt: ``[CLICK]`` alone, the best bet."""
+        prompt = {"category": category, "seed": seed,
+                  "explore": jnp.ones(batch["history"].shape[:1], bool) if explore else None}
+        sids, _ = self.search(params, batch, max(self.beam_size, k), prompt=prompt).results()
         if not self.exclude_history:
             return expand_sid_ranking(sids, self.leaf_items, k)
         items = expand_sid_ranking(sids, self.leaf_items, sids.shape[1] * self.leaf_items.shape[1])
@@ -416,17 +608,30 @@ class GATRecommender(ActionRanker):
         return jax.nn.sigmoid(logit), jax.nn.sigmoid(logit - self.log_odds_shift)
 
 
-def packed_views(prefix, valid, view_a, view_b):
-    """Tokens, RoPE positions and attention mask of ``[prefix, view A, view B]``: both views sit
-    at the same positions after the prefix and attend to it and to themselves, not to each other."""
+def category_ids(categories: list[tuple[str, ...]], level: int) -> np.ndarray:
+    """Each item's category id ``[num_items]`` at ``level`` of its path (ids in name order; a path
+    without that level is the category '')."""
+    names = [path[level] if len(path) > level else "" for path in categories]
+    return np.unique(names, return_inverse=True)[1].astype(np.int32)
+
+
+def packed_views(prefix, valid, view_a, view_b, present=None):
+    """Tokens, RoPE positions ``[B, T]`` and attention mask of ``[prefix, view A, view B]``: both
+    views start at the same position after the prefix and attend causally to it and to themselves,
+    not to each other. ``present [B, S]``: which of view A's first S tokens (steering prompts) are
+    there; an absent one is masked and takes no position."""
     batch, p = prefix.shape[:2]
-    v = view_a.shape[1]
+    a, b = view_a.shape[1], view_b.shape[1]
     tokens = jnp.concatenate([prefix, view_a, view_b], 1)
-    positions = jnp.concatenate([jnp.arange(p + v), p + jnp.arange(v)])
-    is_view_b = jnp.arange(p + 2 * v) >= p + v
-    is_view_a = (jnp.arange(p + 2 * v) >= p) & ~is_view_b
-    order_ok = positions[None, :] <= positions[:, None]  # key position <= query position
+    in_a = jnp.ones((batch, a), bool)
+    if present is not None:
+        in_a = in_a.at[:, :present.shape[1]].set(present)
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (batch, p)), p - 1 + jnp.cumsum(in_a, 1),
+                                 jnp.broadcast_to(p + jnp.arange(b), (batch, b))], 1)
+    index = jnp.arange(p + a + b)
+    is_view_b = index >= p + a
+    is_view_a = (index >= p) & ~is_view_b
     same_view = ~((is_view_a[:, None] & is_view_b[None, :]) | (is_view_b[:, None] & is_view_a[None, :]))
-    keys = jnp.concatenate([valid, jnp.ones((batch, 2 * v), bool)], 1)
-    mask = (order_ok & same_view)[None] & keys[:, None, :]
-    return tokens, jnp.broadcast_to(positions, (batch, p + 2 * v)), mask
+    keys = jnp.concatenate([valid, in_a, jnp.ones((batch, b), bool)], 1)
+    mask = ((index[None, :] <= index[:, None]) & same_view)[None] & keys[:, None, :]
+    return tokens, positions, mask

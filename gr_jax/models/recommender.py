@@ -96,6 +96,11 @@ class TrainableRecommender(Recommender):
         del interactions
         return rows
 
+    def training_phases(self, rows: np.ndarray, interactions: Interactions) -> tuple[np.ndarray, ...]:
+        """A curriculum: the training examples of each phase, trained in order for equal shares of
+        the steps; one phase, ``training_rows``, unless the model schedules its mix (GAT's ratios)."""
+        return (self.training_rows(rows, interactions),)
+
 
 class ActionRanker(TrainableRecommender):
     @abc.abstractmethod

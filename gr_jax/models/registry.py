@@ -77,8 +77,11 @@ def _crbr(config, a: Artifacts, pretrained_qformer=None):
 def _gat(config, a: Artifacts, pretrained_qformer=None):
     from gr_jax.models.gat import GATRecommender
 
+    if (config.model.freeze_backbone or config.model.sampler_dim) and not config.model.init_from:
+        raise ValueError("model.freeze_backbone and model.sampler_dim train on top of a trained model: set "
+                         "model.init_from to a finished gat run (configs/gat.py)")
     return GATRecommender(config.model, a.sid_table, a.features, a.dataset.users, pretrained_qformer,
-                          frozen=tuple(config.train.frozen))
+                          frozen=tuple(config.train.frozen), categories=a.dataset.items.categories)
 
 
 def _dccf(config, a: Artifacts, pretrained_qformer=None):

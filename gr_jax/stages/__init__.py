@@ -201,6 +201,34 @@ def load_pretrained_qformer(a: Artifacts) -> dict:
     return params["qformer"]
 
 
+def load_init_params(a: Artifacts) -> dict:
+    """The best params of the finished run named by ``model.init_from`` (e.g. GAT's stage 1 for its
+    stage 2), what training starts from (``params.overlay``): checked to be a finished run of the
+    same model on the same SIDs."""
+    from gr_jax.training.checkpoint import Checkpoints
+
+    run_dir, name = a.config.model.init_from, a.config.model.name
+    path = training_config_path(run_dir)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(run_dir, "train", "summary.json")):
+        raise FileNotFoundError(f"model.init_from={run_dir!r}: no finished train stage there ({path} and train/"
+                                f"summary.json); give the WORKDIR of a finished {name} run")
+    with open(path) as f:
+        trained = json.load(f)["model"]["name"]
+    if trained != name:
+        raise ValueError(f"model.init_from={run_dir!r} is a {trained!r} run; expected a {name!r} run")
+    if "sid_table" in registry.reads(a.config) and not np.array_equal(
+            SIDTable.load(os.path.join(run_dir, "tokenize")).codes, a.sid_table.codes):
+        raise ValueError(f"model.init_from={run_dir!r} was trained on other SIDs than {a.workdir}/tokenize; use the "
+                         "same data and tokenizer settings (or copy its tokenize/ here)")
+    checkpoints = Checkpoints(os.path.join(run_dir, "train", "checkpoints"), trainer.SELECT_METRIC)
+    params = checkpoints.restore_best(None)  # as saved: overlay checks it against this model
+    checkpoints.close()
+    if params is None:
+        raise FileNotFoundError(f"model.init_from={run_dir!r} has no best checkpoint; rerun its train stage")
+    logging.info("Training starts from the best params of %s.", run_dir)
+    return params
+
+
 def training_config_path(workdir: str) -> str:
     """Where a run keeps the config it trained with (``config.json`` in runs before the run record)."""
     path = os.path.join(workdir, "train", "config.json")
@@ -238,7 +266,8 @@ def run_train(a: Artifacts) -> dict:
             os.makedirs(a.path("train"), exist_ok=True)
             np.savez(a.fitted_path(), **a.params)
         return {"model": config.model.name, "fit_seconds": time.time() - tic, "fitted": a.fitted_path()}
-    result = trainer.train(config, a.path("train"), model, interactions)
+    init = load_init_params(a) if config.model.get("init_from") else None
+    result = trainer.train(config, a.path("train"), model, interactions, init)
     a.params = result.params
     summary = {"model": config.model.name} | result.summary
     vectors = model.item_embeddings(a.params)

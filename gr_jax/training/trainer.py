@@ -35,6 +35,7 @@ from gr_jax.data.dataset import Interactions
 from gr_jax.data.pipeline import batch_iterator, train_dataset, train_rows
 from gr_jax.evaluation.evaluator import evaluate_split
 from gr_jax.models.recommender import TrainableRecommender
+from gr_jax.params import overlay
 from gr_jax.training import sharding
 from gr_jax.training.checkpoint import Checkpoints
 from gr_jax.training.metric_writer import MetricWriter
@@ -242,19 +243,29 @@ class _Progress:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecommender,
-          interactions: Interactions) -> TrainResult:
-    """Trains ``model`` on the training split; returns the params with the best validation NDCG@10."""
+          interactions: Interactions, init_params: Any = None) -> TrainResult:
+    """Trains ``model`` on the training split; returns the params with the best validation NDCG@10.
+
+    ``init_params``: values to start from instead of ``model.init``'s (a finished run's best params,
+    ``model.init_from``; see ``params.overlay``), unless a latest checkpoint resumes the run. A
+    curriculum (``model.training_phases``) trains its phases in order, each for an equal share of
+    the steps; an epoch is then the mean phase's length."""
     train_cfg = config.train
-    rows = model.training_rows(train_rows(interactions), interactions)
-    steps_per_epoch = len(rows) // train_cfg.batch_size
+    phases = model.training_phases(train_rows(interactions), interactions)
+    steps_per_epoch = sum(map(len, phases)) // len(phases) // train_cfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size={train_cfg.batch_size} exceeds the {len(rows)} training examples; "
-                         f"lower it")
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} exceeds the {min(map(len, phases))} training "
+                         f"examples; lower it")
     total_steps = total_train_steps(train_cfg, steps_per_epoch)
     eval_every = max(1, int(train_cfg.eval_every_epochs * steps_per_epoch))
+    examples = {"rows": phases[0]}
+    if len(phases) > 1:
+        examples = {"phases": phases, "phase_batches": -(-total_steps // len(phases))}
+        logging.info("Curriculum: %d phases of %s training examples, %d steps each.", len(phases),
+                     [len(p) for p in phases], examples["phase_batches"])
     data = train_dataset(interactions, max_history=config.data.max_history,
                          global_batch_size=train_cfg.batch_size, seed=config.seed,
-                         with_partner=model.needs_partner, rows=rows)
+                         with_partner=model.needs_partner, **examples)
     iterator = batch_iterator(data, config.data.workers)
     if jax.process_index() == 0:
         model.log_examples(data[0])
@@ -277,6 +288,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
             iterator.set_state(saved["iterator"])
             loop = saved["loop"]
             logging.info("Resumed from step %d (best valid %s %.4f).", int(state.step), SELECT_METRIC, loop["best"])
+        elif init_params is not None:
+            state = state.replace(params=jax.device_put(overlay(state.params, init_params), shardings.params))
         train_step = jit_train_step(model, optimizer, mesh, shardings)
         topk = jit_topk(model, mesh, shardings.params, config.eval.list_size, selection=True)
         logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s, %s.",
