@@ -5,8 +5,9 @@ log: the two-stage curriculum, steering prompts and the distilled one-shot sampl
 
 Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete it to redo): the
 Q-Former pre-training and GAT's stage 1 of ``bench/gat.py`` (1:1, full model), here also training
-the steering prompts (``[EXPLORE]`` before half of the clicked targets outside the history's
-categories, the target's category prompt before half of the clicked targets); stage 2 from stage 1's
+the steering prompts (before half of the clicked targets each: one of the target's 10 nearest
+items as a seed, ``[EXPLORE]`` if the target lies outside the history's categories, the target's
+category prompt); stage 2 from stage 1's
 best params (1:2 -> 1:5 -> 1:10, stage 1's number of steps) with the backbone frozen and, for
 contrast, unfrozen; and a distilled sampler head trained on the frozen stage-1 model for stage 1's
 number of steps. One JSON line per measurement:
@@ -57,7 +58,7 @@ def run_config(name: str, args, stage1_steps: int):
     if name == "qformer":
         return base_config("qformer", args, 0)
     config = base_config("gat", args, 0)
-    config.model.update(explore_prob=0.5, category_prompt_prob=0.5)
+    config.model.update(seed_prompt_prob=0.5, explore_prob=0.5, category_prompt_prob=0.5)
     stage1 = os.path.join(args.workdir, "stage1")
     if name in STAGE2:
         gat_config.use_stage2(config)

@@ -18,9 +18,10 @@ transformer backbone frozen (only the contextualized residuals and the action he
 Stage 2 reruns the data, features and tokenize stages in its own workdir (deterministic; its SIDs
 are checked against stage 1's). Either stage resumes from its latest checkpoint when rerun.
 
-Steering (§4.4): ``model.explore_prob``/``model.category_prompt_prob`` train the ``[EXPLORE]`` token
-and the category soft prompts (``GATRecommender.steer`` uses them; ``model.steer_explore`` and
-``model.steer_category`` steer an eval run's lists). Distilled sampler (§4.3.1):
+Steering (§4.4): ``model.seed_prompt_prob``/``model.explore_prob``/``model.category_prompt_prob``
+train the seed-item prompt, the ``[EXPLORE]`` token and the category soft prompts
+(``GATRecommender.steer`` uses them; ``model.steer_explore`` and ``model.steer_category`` steer an
+eval run's lists). Distilled sampler (§4.3.1):
 ``--config.model.sampler_dim=128 --config.model.init_from=runs/gat-s1`` trains only a one-shot
 sampler head on that run's frozen model; the eval lists are then the sampler's.
 """
@@ -54,6 +55,8 @@ def model_config() -> ml_collections.ConfigDict:
     m.freeze_backbone = False  # stage 2: train only the contextualized residuals and the action head
     m.init_from = ""  # a finished gat run's WORKDIR whose best params training starts from ('' = fresh init)
     # Steering (§4.4): training probabilities of the learned prompts (0 = not trained), and the eval stage's prompt.
+    m.seed_prompt_prob = 0.0  # a seed item + [SEED] before a clicked target, the seed among its nearest items
+    m.seed_neighbours = 10  # the seed's candidates: the target's nearest items in the item feature table
     m.explore_prob = 0.0  # [EXPLORE] before a clicked target outside the categories of the engaged history
     m.category_prompt_prob = 0.0  # the target category's soft prompt before a clicked target
     m.category_level = 0  # the category level of soft prompts and novelty (0 = top)

@@ -62,8 +62,15 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "model.num_candidates": (2, True), "model.lora_rank": (0, True), "model.max_title_tokens": (1, True),
     "model.max_query_tokens": (1, True), "features.llm.vocab_size": (260, True),  # byte-level BPE: 256 bytes + 4
     "features.llm.embed_dim": (2, True), "features.llm.max_title_tokens": (1, True),
+    "model.seed_prompt_prob": (0.0, True), "model.explore_prob": (0.0, True), "model.category_prompt_prob": (0.0, True),
+    "model.seed_neighbours": (1, True), "model.sampler_dim": (0, True), "model.category_level": (0, True),
+    "model.negatives_per_positive": (0, True),
 }
-MAXIMUMS: dict[str, float] = {"dropout": 1.0}  # exclusive
+# The most each may take: ``(maximum, inclusive)``.
+MAXIMUMS: dict[str, tuple[float, bool]] = {
+    "dropout": (1.0, False), "model.seed_prompt_prob": (1.0, True), "model.explore_prob": (1.0, True),
+    "model.category_prompt_prob": (1.0, True),
+}
 
 
 class ConfigError(ValueError):
@@ -99,8 +106,8 @@ def check_range(path: str, value: Any) -> None:
     low, high = _match(MINIMUMS, path), _match(MAXIMUMS, path)
     if low is not None and (value < low[0] or (value == low[0] and not low[1])):
         raise ConfigError(f"{path}={value}; it must be {'at least' if low[1] else 'above'} {low[0]}")
-    if high is not None and value >= high:
-        raise ConfigError(f"{path}={value}; it must be below {high}")
+    if high is not None and (value > high[0] or (value == high[0] and not high[1])):
+        raise ConfigError(f"{path}={value}; it must be {'at most' if high[1] else 'below'} {high[0]}")
 
 
 def _leaves(section: Any, prefix: str = ""):

@@ -52,14 +52,17 @@ residuals and the action head train (``STAGE2_TRAINED``), so retrieval keeps wha
 the calibration follows the last phase's ratio.
 
 **Steering (§4.4).** Prompt tokens between the history and the intent reshape retrieval without
-retraining (``steer``): the event "clicked the seed item" (more like this; a history event, so
-nothing to learn), ``[EXPLORE]`` (an action-vocabulary control token) and a category's soft prompt
-(one learned vector per category at ``model.category_level``). Training teaches the last two: with
-probability ``model.explore_prob`` ``[EXPLORE]`` precedes a positive target outside the categories
-of the user's engaged history, and with probability ``model.category_prompt_prob`` the target's
-category prompt precedes a positive target (view A, ``training_prompt``). An absent prompt token is
-masked and takes no position, so a model trained with them ranks exactly as without them when
-none is given. ``model.steer_explore``/``model.steer_category`` steer the eval stage's lists.
+retraining (``steer``): a seed item followed by the ``[SEED]`` action token (more like this),
+``[EXPLORE]`` (both action-vocabulary control tokens) and a category's soft prompt (one learned
+vector per category at ``model.category_level``). Training teaches all three (view A,
+``training_prompt``): with probability ``model.seed_prompt_prob`` a positive target is preceded by
+one of its ``model.seed_neighbours`` nearest items in the item feature table as the seed (so the
+model learns to generate near the seed), with probability ``model.explore_prob`` ``[EXPLORE]``
+precedes a positive target outside the categories of the user's engaged history, and with
+probability ``model.category_prompt_prob`` the target's category prompt precedes a positive
+target. An absent prompt token is masked and takes no position, so a model trained with them ranks
+exactly as without them when none is given. ``model.steer_explore``/``model.steer_category``
+steer the eval stage's lists.
 
 **Distilled sampler (§4.3.1).** With ``model.sampler_dim > 0`` a light head (``Sampler``) reads the
 hidden state of the ``[CLICK]`` intent after the history and scores every item at once; a run with
@@ -94,11 +97,12 @@ from gr_jax.models.two_tower import item_feature_table, with_values
 from gr_jax.models.user_tower import QFormer, QFormerConfig, QFormerUserTower
 from gr_jax.ops import NEG_INF
 from gr_jax.params import is_frozen
+from gr_jax.retrieval.exact import exact_topk
 from gr_jax.tokenizers.sid_table import SIDTable
 
 # Action tokens: the logged actions (their codes in ``Interactions.actions``), then control tokens.
-ACTION_TOKENS = ACTIONS + ("any", "explore") + tuple(f"reserved_{i}" for i in range(6))
-ANY, EXPLORE = ACTION_TOKENS.index("any"), ACTION_TOKENS.index("explore")
+ACTION_TOKENS = ACTIONS + ("any", "explore", "seed") + tuple(f"reserved_{i}" for i in range(5))
+ANY, EXPLORE, SEED = (ACTION_TOKENS.index(t) for t in ("any", "explore", "seed"))
 POSITIVE = np.array([ACTIONS.index(a) for a in POSITIVE_ACTIONS])
 PROMPT, ITEM, OUTCOME, INTENT, CODE = range(5)  # token roles
 # Stage 2 of the curriculum trains these (the contextualized residuals and the action head); the
@@ -244,6 +248,7 @@ class GATRecommender(ActionRanker):
                  frozen: tuple[str, ...] = (), categories: list[tuple[str, ...]] | None = None):
         self.config = model_config
         self.explore_prob = float(model_config.explore_prob)
+        self.seed_prompt_prob = float(model_config.seed_prompt_prob)
         self.category_prompt_prob = float(model_config.category_prompt_prob)
         self.steer_explore, self.steer_category = bool(model_config.steer_explore), int(model_config.steer_category)
         if categories is None and (self.explore_prob > 0 or self.category_prompt_prob > 0):
@@ -253,6 +258,8 @@ class GATRecommender(ActionRanker):
         self.item_categories = None if categories is None else jnp.asarray(
             category_ids(categories, model_config.category_level))
         self.features = jnp.asarray(item_feature_table(model_config, features))
+        self.seed_candidates = nearest_items(self.features, int(model_config.seed_neighbours)) \
+            if self.seed_prompt_prob > 0 else None
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         codebook_size = max(sid_table.codebook_sizes)
         self.trie = build_trie(sid_table.codes, codebook_size)
@@ -353,16 +360,16 @@ class GATRecommender(ActionRanker):
 
     def prompt_tokens(self, params, batch, profile, explore=None, category=None, seed=None):
         """Steering prompt tokens ``[B, S, d]`` (between the history and the intent) and which of them
-        are present ``[B, S]``, or None without a prompt: the event "clicked ``seed``" (item ids
-        ``[B]``, -1 none; two tokens), ``[EXPLORE]`` (``explore [B]`` bool) and the soft prompt of
-        ``category`` (``[B]``, -1 none)."""
+        are present ``[B, S]``, or None without a prompt: ``seed`` (item ids ``[B]``, -1 none) as
+        an event with the ``[SEED]`` action (two tokens), ``[EXPLORE]`` (``explore [B]`` bool) and
+        the soft prompt of ``category`` (``[B]``, -1 none)."""
         variables = {"params": params["gat"]}
         tokens, present = [], []
         if seed is not None:
             items = jnp.maximum(seed, 0)[:, None]
             residual, _ = self.module.apply(variables, items, self.features[items], profile, method=GAT.contextual)
-            click = jnp.full(items.shape, ACTIONS.index("click"))
-            tokens.append(self.module.apply(variables, self.codes[items], click, residual, method=GAT.history_tokens))
+            action = jnp.full(items.shape, SEED)
+            tokens.append(self.module.apply(variables, self.codes[items], action, residual, method=GAT.history_tokens))
             present.append(jnp.repeat((seed >= 0)[:, None], 2, 1))
         if explore is not None:
             tokens.append(self.module.apply(variables, jnp.full(explore.shape, EXPLORE), method=GAT.intent_token))
@@ -381,11 +388,18 @@ class GATRecommender(ActionRanker):
         return ~same.any(-1)
 
     def training_prompt(self, batch, positive, rng) -> dict:
-        """The steering prompts of a training batch (``prompt_tokens`` arguments): ``[EXPLORE]`` with
-        probability ``model.explore_prob`` before a positive target that is ``novel``, the target's
-        category prompt with probability ``model.category_prompt_prob`` before a positive target."""
+        """The steering prompts of a training batch (``prompt_tokens`` arguments), each before a
+        positive target: with probability ``model.seed_prompt_prob`` one of the target's
+        ``seed_candidates`` as the seed, with probability ``model.explore_prob`` ``[EXPLORE]`` if
+        the target is ``novel``, with probability ``model.category_prompt_prob`` the target's
+        category prompt."""
         prompt = {}
-        explore_rng, category_rng = jax.random.split(rng)
+        seed_rng, explore_rng, category_rng = jax.random.split(rng, 3)
+        if self.seed_prompt_prob > 0:
+            draw_rng, pick_rng = jax.random.split(seed_rng)
+            draw = jax.random.uniform(draw_rng, positive.shape) < self.seed_prompt_prob
+            pick = jax.random.randint(pick_rng, positive.shape, 0, self.seed_candidates.shape[1])
+            prompt["seed"] = jnp.where(positive & draw, self.seed_candidates[batch["target"], pick], -1)
         if self.explore_prob > 0:
             draw = jax.random.uniform(explore_rng, positive.shape) < self.explore_prob
             prompt["explore"] = positive & draw & self.novel(batch, batch["target"][:, None])[:, 0]
@@ -573,8 +587,15 @@ class GATRecommender(ActionRanker):
     def steer(self, params, batch, k, explore: bool = False, category=None, seed=None):
         """The top-``k`` items ``[B, k]`` after a steering prompt and ``[CLICK]`` (§4.4): ``explore``
         prepends ``[EXPLORE]`` (novel items that stay relevant), ``category [B]`` a category's soft
-        prompt (ids of ``category_ids``; -1 none), ``seed [B]`` the event "clicked this item" (more
-        like it; -1 none). No prompt: ``[CLICK]`` alone, the best bet."""
+        prompt (ids of ``category_ids``; -1 none), ``seed [B]`` an item followed by ``[SEED]`` (more
+        like it; -1 none). No prompt: ``[CLICK]`` alone, the best bet. Raises for a prompt that
+        training did not teach (its ``model.*_prob`` is 0)."""
+        given = {"seed_prompt_prob": seed is not None, "explore_prob": explore,
+                 "category_prompt_prob": category is not None}
+        untaught = [name for name, used in given.items() if used and getattr(self, name) <= 0]
+        if untaught:
+            raise ValueError(f"steering with a prompt that training did not teach: set model.{untaught[0]} > 0 "
+                             f"and train (configs/gat.py)")
         prompt = {"category": category, "seed": seed,
                   "explore": jnp.ones(batch["history"].shape[:1], bool) if explore else None}
         sids, _ = self.search(params, batch, max(self.beam_size, k), prompt=prompt).results()
@@ -606,6 +627,20 @@ class GATRecommender(ActionRanker):
         negative = jnp.log1p(-jnp.minimum(jnp.exp(positive), 1.0 - 1e-7))
         logit = positive - negative
         return jax.nn.sigmoid(logit), jax.nn.sigmoid(logit - self.log_odds_shift)
+
+
+def nearest_items(table, k: int, chunk: int = 4096) -> jax.Array:
+    """The ``k`` nearest other items of every item ``[N, k]`` by dot product of its rows of the item
+    feature ``table [N, F]`` (L2-normalised sources: cosine), nearest first."""
+    if not 0 < k < len(table):
+        raise ValueError(f"model.seed_neighbours={k} must be in [1, {len(table) - 1}] (the other items)")
+    found = []
+    for start in range(0, len(table), chunk):
+        ids, _ = exact_topk(table[start:start + chunk], table, k + 1)
+        itself = ids == jnp.arange(start, start + len(ids))[:, None]
+        # Stable: the others keep their order, the item itself (if among them) moves last.
+        found.append(jnp.take_along_axis(ids, jnp.argsort(itself, axis=1, stable=True), 1)[:, :k])
+    return jnp.concatenate(found)
 
 
 def category_ids(categories: list[tuple[str, ...]], level: int) -> np.ndarray:

@@ -116,7 +116,7 @@ def test_packed_views_equal_the_two_sequences_run_apart(setup):
 
 @pytest.fixture(scope="module")
 def steering():
-    m = model(CATEGORIES, explore_prob=1.0, category_prompt_prob=1.0)
+    m = model(CATEGORIES, seed_prompt_prob=1.0, seed_neighbours=4, explore_prob=1.0, category_prompt_prob=1.0)
     return m, nn.meta.unbox(jax.jit(m.init)(jax.random.PRNGKey(0), batch()))
 
 
@@ -125,8 +125,9 @@ def test_beam_search_with_the_click_prompt_equals_exhaustive_scoring_and_the_cac
         setup, steering, steered):
     (m, params), b = (steering if steered else (setup[0], setup[2])), setup[1]
     width = NUM_ITEMS
-    # Steered: [EXPLORE] on every row, a category prompt on rows 0 and 2 (absent on row 1).
-    prompt = {"explore": jnp.ones(3, bool), "category": jnp.array([0, -1, 2])} if steered else None
+    # Steered: a seed on rows 0 and 1, [EXPLORE] on every row, a category prompt on rows 0 and 2.
+    prompt = {"seed": jnp.array([3, 5, -1]), "explore": jnp.ones(3, bool), "category": jnp.array([0, -1, 2])} \
+        if steered else None
     state = jax.jit(lambda p, x: m.search(p, x, width, prompt=prompt))(params, b)
     sids, scores = state.results()
     sid_codes = m.codes[m.trie.sid_items[:, 0]]
@@ -161,21 +162,28 @@ def test_beam_search_with_the_click_prompt_equals_exhaustive_scoring_and_the_cac
 def test_steering_prompts_are_learned_in_training_and_change_rankings_only_when_given(setup, steering):
     m, params = steering
     b = setup[1]
-    assert "explore" in gat.ACTION_TOKENS and params["gat"]["category_prompts"].shape == (3, 16)
+    assert {"explore", "seed"} <= set(gat.ACTION_TOKENS) and params["gat"]["category_prompts"].shape == (3, 16)
+    # Seeds are drawn from each target's nearest other items in the item feature table.
+    similarity = np.asarray(m.features) @ np.asarray(m.features).T
+    np.fill_diagonal(similarity, -np.inf)
+    np.testing.assert_array_equal(m.seed_candidates, np.argsort(-similarity, 1, kind="stable")[:, :4])
     # Training: row 0 is a click outside its (empty) engaged history's categories, so [EXPLORE] precedes it.
     assert np.asarray(m.novel(b, b["target"][:, None]))[0, 0]
     grads = jax.jit(jax.grad(lambda p: m.loss(p, b, jax.random.PRNGKey(1))[0]))(params)["gat"]
-    assert np.any(np.asarray(grads["category_prompts"])) and np.any(np.asarray(grads["action_embed"]["embedding"][
-        gat.EXPLORE]))
+    assert np.any(np.asarray(grads["category_prompts"]))
+    assert all(np.any(np.asarray(grads["action_embed"]["embedding"][t])) for t in (gat.EXPLORE, gat.SEED))
     moved = jax.tree.map(lambda x: x, params)  # the prompts' parameters changed, nothing else
     moved["gat"]["category_prompts"] = params["gat"]["category_prompts"] + 1.0
-    moved["gat"]["action_embed"]["embedding"] = params["gat"]["action_embed"]["embedding"].at[gat.EXPLORE].add(1.0)
-    search = jax.jit(lambda p, explore, category: m.search(p, b, 8, prompt={"explore": explore, "category": category})
-                     .results()[1])
-    for explore, category in ((False, -1), (True, -1), (False, 1)):  # absent prompts are masked out
-        prompt = (jnp.full(3, explore), jnp.full(3, category))
+    moved["gat"]["action_embed"]["embedding"] = params["gat"]["action_embed"]["embedding"].at[
+        jnp.array([gat.EXPLORE, gat.SEED])].add(1.0)
+    search = jax.jit(lambda p, seed, explore, category: m.search(
+        p, b, 8, prompt={"seed": seed, "explore": explore, "category": category}).results()[1])
+    for seed, explore, category in ((-1, False, -1), (4, False, -1), (-1, True, -1), (-1, False, 1)):
+        prompt = (jnp.full(3, seed), jnp.full(3, explore), jnp.full(3, category))  # absent prompts are masked out
         same = np.array_equal(np.asarray(search(params, *prompt)), np.asarray(search(moved, *prompt)))
-        assert same == (not explore and category < 0), (explore, category)
+        assert same == (seed < 0 and not explore and category < 0), (seed, explore, category)
+    with pytest.raises(ValueError, match="model.seed_prompt_prob"):
+        model().steer(setup[2], b, 5, seed=jnp.zeros(3, int))
 
 
 def test_the_distilled_sampler_learns_the_teachers_beam_and_returns_valid_items_in_one_shot(setup):
