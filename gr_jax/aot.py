@@ -66,16 +66,16 @@ def compile_for_topology(config, workdir: str, topology: str):
     try:
         stages.check_inputs(["train"], artifacts)
     except stages.MissingArtifactError as error:
-        needed = ",".join(n for n in stages.PRIMARY_STAGES if stages.STAGE_SECTIONS[n] in config)
+        needed = ",".join(n for n in ("data", "features", "tokenize") if stages.STAGE_SECTIONS[n] in config)
         raise ValueError(f"{workdir} lacks the model's inputs ({error}); make them first: python -m gr_jax.main "
                          f"--config=<this config> --config.stages={needed} --workdir={workdir}") from error
     model, interactions = artifacts.model(), artifacts.dataset.users
     if model.trainable:  # "auto" resolves for the target chip, not for this process's CPU
         model.set_precision(Precision.from_config(config.model, backend="tpu"))
-    rows = model.training_rows(train_rows(interactions), interactions)
+    phases = model.training_phases(train_rows(interactions), interactions)
     batch = train_dataset(interactions, max_history=config.data.max_history, global_batch_size=config.train.batch_size,
-                          seed=config.seed, shard=(0, 1), with_partner=model.needs_partner, rows=rows)[0]
-    steps = trainer.total_train_steps(config.train, len(rows) // config.train.batch_size)
+                          seed=config.seed, shard=(0, 1), with_partner=model.needs_partner, rows=phases[0])[0]
+    steps = trainer.total_train_steps(config.train, trainer.steps_per_epoch(phases, config.train.batch_size))
     optimizer = make_optimizer(config.train, steps, getattr(model, "frozen", ()))
     mesh = sharding.make_mesh(config.mesh, devices)
     with mesh, nn.logical_axis_rules(sharding.logical_rules(config)):

@@ -158,10 +158,23 @@ def run_data(a: Artifacts) -> dict:
 
 
 def run_features(a: Artifacts) -> dict:
-    """MiniLM item-text embeddings and/or collaborative (SASRec/DuoRec) item embeddings."""
-    from gr_jax.stages.features import compute_features
+    """MiniLM item-text embeddings and/or collaborative (SASRec/DuoRec/DCCF) item embeddings. On a
+    multi-process run process 0 computes the text and LLM features while the others wait; the
+    collaborative model trains on every process (over the global mesh)."""
+    from gr_jax.stages.features import collaborative, compute_features
 
-    a._features, summary = compute_features(a.config, a.workdir, a.dataset)
+    if jax.process_count() == 1:
+        a._features, summary = compute_features(a.config, a.workdir, a.dataset)
+        return summary
+
+    def shared() -> dict:
+        a._features, summary = compute_features(a.config, a.workdir, a.dataset, with_cf=False)
+        return summary
+
+    summary = run_on_primary("features", shared)
+    if a.config.features.cf.enabled:
+        cf, contexts, summary["cf"] = collaborative(a.config, a.workdir, a.dataset)
+        a.features.cf, a.features.contexts = cf, contexts
     return summary
 
 
@@ -371,7 +384,7 @@ PRODUCERS = {stage.writes: name for name, stage in STAGES.items()}
 
 # Stages whose work is host-local and whose output is shared files: on a multi-process run, process
 # 0 runs them and the others read what it wrote (train and eval run on every process).
-PRIMARY_STAGES = ("data", "features", "tokenize")
+PRIMARY_STAGES = ("data", "tokenize")  # features runs its own parts on process 0 (run_features)
 
 # The config section a stage reads (a system without it does not run that stage).
 STAGE_SECTIONS = {"data": "data", "features": "features", "tokenize": "tokenizer", "train": "model", "eval": "model",
@@ -412,9 +425,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Artifacts:
                          f"local or mounted path (e.g. a gcsfuse mount of the bucket, shared by all hosts)")
     config_schema.validate(config)
     names = parse_stages(config.stages, config)
-    if jax.process_count() > 1 and "features" in names and config.features.cf.enabled:
-        raise ValueError("features.cf trains its own model, which a multi-process features stage does not run yet: "
-                         "run --config.stages=data,features in one process first, then the rest with --multihost")
     artifacts = Artifacts(config, workdir)
     check_inputs(names, artifacts)
     os.makedirs(workdir, exist_ok=True)

@@ -89,10 +89,19 @@ def event_contexts(model, params, interactions: Interactions, window: int, batch
     return np.concatenate(out)[:len(interactions.items)].astype(np.float32)
 
 
-def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dataset):
-    """Trains (or reuses) the CF model; returns its item table, the event contexts if enabled, a summary."""
-    from gr_jax.training import trainer
+def collaborative(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset):
+    """Trains (or reuses) the CF model; returns its item table, the event contexts if enabled, a summary.
 
+    Every process of a multi-process run calls it: the CF model trains over the global mesh like
+    any other run, then process 0 writes the table and the contexts while the others wait and
+    read them."""
+    import jax
+
+    from gr_jax.training import trainer
+    from gr_jax.training.sharding import to_host
+
+    out_dir = os.path.join(workdir, "features")
+    primary = jax.process_index() == 0
     cf = config.features.cf
     source = cf.get("source", "sasrec")
     model_config, train_config = cf_sections(cf)
@@ -114,6 +123,7 @@ def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dat
 
         model = SASRecRecommender(model_config, dataset.num_items, config.data.max_history)
     summary, params = {}, None
+    # Every process decides before any writes (the first collective of training orders them).
     same = os.path.exists(path) and os.path.exists(key_path) and open(key_path).read() == key
     if same:
         logging.info("Reusing collaborative embeddings %s (same features.cf config)", path)
@@ -121,11 +131,12 @@ def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dat
     else:
         tic = time.time()
         result = trainer.train(cf_config, os.path.join(out_dir, "cf"), model, dataset.users)
-        params = result.params
+        params = to_host(result.params)
         table = np.asarray(model.item_embeddings(params), np.float32)
-        np.save(path, table)
-        with open(key_path, "w") as f:
-            f.write(key)
+        if primary:
+            np.save(path, table)
+            with open(key_path, "w") as f:
+                f.write(key)
         summary["train"] = result.summary | {"seconds": time.time() - tic}
     contexts = None
     if cf.contexts:
@@ -133,9 +144,18 @@ def _collaborative(config: ml_collections.ConfigDict, out_dir: str, dataset: Dat
             contexts = np.load(context_path)
         else:
             if params is None:
-                params = trainer.restore_best_params(os.path.join(out_dir, "cf"), model, dataset.users, cf_config)
-            contexts = event_contexts(model, params, dataset.users, config.data.max_history)
-            np.save(context_path, contexts)
+                params = to_host(trainer.restore_best_params(os.path.join(out_dir, "cf"), model, dataset.users,
+                                                             cf_config))
+            if primary:
+                contexts = event_contexts(model, params, dataset.users, config.data.max_history)
+                np.save(context_path, contexts)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("gr_jax features.cf written")
+        if cf.contexts and contexts is None:
+            contexts = np.load(context_path)
+    if contexts is not None:
         summary["contexts"] = {"shape": list(contexts.shape)}
     summary["shape"] = list(table.shape)
     return table, contexts, summary
@@ -173,8 +193,11 @@ def _llm_vocabulary(config: ml_collections.ConfigDict, out_dir: str, dataset: Da
     return targets, summary
 
 
-def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset) -> tuple[Features, dict]:
-    """Computes (or reuses from ``workdir``) the enabled embeddings; returns them and a summary."""
+def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+                     with_cf: bool = True) -> tuple[Features, dict]:
+    """Computes (or reuses from ``workdir``) the enabled embeddings; returns them and a summary.
+    ``with_cf=False`` leaves out the collaborative table (a multi-process run computes it on every
+    process, ``collaborative``)."""
     from gr_jax.text.item_text import embed_items
     from gr_jax.text.minilm import TextEncoder
 
@@ -189,8 +212,8 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
                                     text_cfg.max_length)
         np.save(os.path.join(out_dir, TEXT_FILE), features.text)
         summary["text"] = {"shape": list(features.text.shape), "seconds": time.time() - tic}
-    if config.features.cf.enabled:
-        features.cf, features.contexts, summary["cf"] = _collaborative(config, out_dir, dataset)
+    if with_cf and config.features.cf.enabled:
+        features.cf, features.contexts, summary["cf"] = collaborative(config, workdir, dataset)
     if config.features.get("llm", {}).get("enabled", False):
         features.llm_text, summary["llm"] = _llm_vocabulary(config, out_dir, dataset)
         np.save(os.path.join(out_dir, LLM_TEXT_FILE), features.llm_text)

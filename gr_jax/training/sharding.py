@@ -54,6 +54,17 @@ def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
     return np.asarray(local)
 
 
+def to_host(tree):
+    """Every leaf of ``tree`` as a whole NumPy array on every process (a leaf sharded over
+    processes is gathered; collective, so every process calls it)."""
+    def fetch(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of a global batch -> global arrays split along ``data``."""
     sharding = batch_sharding(mesh)

@@ -193,6 +193,11 @@ def jit_topk(model: TrainableRecommender, mesh, params_shardings, k: int, select
     return for_params
 
 
+def steps_per_epoch(phases: tuple[np.ndarray, ...], batch_size: int) -> int:
+    """Steps of an epoch over the training examples; of the mean phase for a curriculum."""
+    return sum(map(len, phases)) // len(phases) // batch_size
+
+
 def total_train_steps(train: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return train.num_steps if train.num_steps > 0 else train.num_epochs * steps_per_epoch
 
@@ -252,12 +257,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
     the steps; an epoch is then the mean phase's length."""
     train_cfg = config.train
     phases = model.training_phases(train_rows(interactions), interactions)
-    steps_per_epoch = sum(map(len, phases)) // len(phases) // train_cfg.batch_size
-    if steps_per_epoch < 1:
+    epoch_steps = steps_per_epoch(phases, train_cfg.batch_size)
+    if epoch_steps < 1:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} exceeds the {min(map(len, phases))} training "
                          f"examples; lower it")
-    total_steps = total_train_steps(train_cfg, steps_per_epoch)
-    eval_every = max(1, int(train_cfg.eval_every_epochs * steps_per_epoch))
+    total_steps = total_train_steps(train_cfg, epoch_steps)
+    eval_every = max(1, int(train_cfg.eval_every_epochs * epoch_steps))
     examples = {"rows": phases[0]}
     if len(phases) > 1:
         examples = {"phases": phases, "phase_batches": -(-total_steps // len(phases))}
@@ -293,7 +298,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
         train_step = jit_train_step(model, optimizer, mesh, shardings)
         topk = jit_topk(model, mesh, shardings.params, config.eval.list_size, selection=True)
         logging.info("Training %s: %d params, %d steps (%d/epoch, batch %d), eval every %d steps, mesh %s, %s.",
-                     config.model.name, num_params, total_steps, steps_per_epoch, train_cfg.batch_size,
+                     config.model.name, num_params, total_steps, epoch_steps, train_cfg.batch_size,
                      eval_every, dict(mesh.shape), model.precision.describe())
         start_step = int(state.step)
         progress = _Progress(writer, learning_rate_schedule(train_cfg, total_steps), total_steps,
@@ -339,7 +344,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, model: TrainableRecom
         best_params = checkpoints.restore_best(state.params)
     title = f"{config.name} on {config.data.name or config.data.format}"
     curves = None if jax.process_index() else plot_training_curves(workdir, title=title)
-    summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+    summary = {"num_params": num_params, "total_steps": total_steps, "steps_per_epoch": epoch_steps,
                "final_step": int(state.step), "best_step": loop["best_step"],
                f"best_valid_{SELECT_METRIC}": loop["best"], "stopped_early": stopped_early,
                "train_seconds": time.time() - train_start, "curves_png": curves,

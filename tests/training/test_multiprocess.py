@@ -1,7 +1,8 @@
 """A real multi-process run: 2 processes x 4 CPU devices joined by ``jax.distributed`` (gloo
-collectives on 127.0.0.1) run TIGER's ``:tiny`` pipeline data -> eval. A process killed mid-training
-and a rerun of both resume; the result equals one process with 8 devices; shared artifacts are
-written once, by process 0."""
+collectives on 127.0.0.1) run TIGER's ``:tiny`` pipeline data -> eval, with a collaborative
+(SASRec) item table trained in the features stage. A process killed mid-training and a rerun of
+both resume; the result equals one process with 8 devices; shared artifacts are written once, by
+process 0."""
 
 import json
 import os
@@ -12,12 +13,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 120
 ARGS = ["-m", "gr_jax.main", "--config=configs/tiger.py:tiny", f"--config.train.num_steps={STEPS}",
-        "--config.train.checkpoint_every_steps=20", "--config.train.log_every_steps=1"]
+        "--config.train.checkpoint_every_steps=20", "--config.train.log_every_steps=1",
+        # a tiny CF model: the features stage trains it on every process, process 0 writes its table
+        "--config.features.cf.enabled=True", "--config.features.cf.model.embed_dim=16",
+        "--config.features.cf.model.mlp_dim=32", "--config.features.cf.train.num_steps=6",
+        "--config.features.cf.train.batch_size=32", "--config.features.cf.train.warmup_steps=2"]
 
 
 def env(devices: int) -> dict:
@@ -93,6 +99,8 @@ def test_killed_run_resumes_and_equals_one_process_with_eight_devices(runs):
     assert set(multi) == set(single)
     for step, loss in single.items():
         assert multi[step] == pytest.approx(loss, abs=1e-5), step
+    cf = [np.load(runs[name] / "features" / "cf_embeddings.npy") for name in ("single", "multi")]
+    np.testing.assert_allclose(cf[1], cf[0], atol=1e-5)
     expected, actual = eval_metrics(runs["single"]), eval_metrics(runs["multi"])
     for split in ("valid", "test"):
         assert actual[split]["num_users"] == expected[split]["num_users"]
