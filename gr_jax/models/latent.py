@@ -155,8 +155,10 @@ class LatentRouter(nn.Module):
         return {"q": q, "user": user, "log_probs": jnp.stack(log_probs, 1), "codes": jnp.stack(codes, 1)}
 
     def quantize(self, vectors: jax.Array) -> dict:
-        """The items' tokenization by the shared codebooks: ``rq_vae.residual_quantize`` of ``[N, E]``."""
-        return residual_quantize(vectors, self.codebooks.astype(vectors.dtype), self.beta)
+        """The items' tokenization by the shared codebooks: ``rq_vae.residual_quantize`` of ``[N, E]``,
+        in float32 whatever the compute dtype (the codes are the index: training, evaluation and the
+        saved SIDs must agree)."""
+        return residual_quantize(vectors.astype(jnp.float32), self.codebooks.astype(jnp.float32), self.beta)
 
 
 def residual_targets(y: jax.Array, q: jax.Array) -> jax.Array:
