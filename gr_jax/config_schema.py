@@ -17,6 +17,7 @@ FEATURE_SOURCES = ("text", "cf", "text+cf")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("synthetic", "lcrec", "amazon"),
     "data.targets": ("all", "positive"),
+    "model.trie": ("auto", "dense", "compact"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,
