@@ -65,7 +65,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "features.llm.embed_dim": (2, True), "features.llm.max_title_tokens": (1, True),
     "model.seed_prompt_prob": (0.0, True), "model.explore_prob": (0.0, True), "model.category_prompt_prob": (0.0, True),
     "model.seed_neighbours": (1, True), "model.sampler_dim": (0, True), "model.category_level": (0, True),
-    "model.negatives_per_positive": (0, True),
+    "model.negatives_per_positive": (0, True), "rq_kmeans.chunk_size": (0, True),
 }
 # The most each may take: ``(maximum, inclusive)``.
 MAXIMUMS: dict[str, tuple[float, bool]] = {
