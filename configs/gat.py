@@ -64,6 +64,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.steer_category = -1  # eval lists after this category's soft prompt (-1 = none)
     m.sampler_dim = 0  # > 0: train only a distilled one-shot sampler head of this width on model.init_from's model
     m.beam_size = 20
+    m.trie = "auto"  # constrained decoding tables: dense [L, prefixes, K] (small catalogues), compact O(L·SIDs) or auto
     m.exclude_history = False  # drop items the user already engaged with from the retrieved list
     m.engaged_history = True  # also read the last max_history engaged events, not only the last events
     return m

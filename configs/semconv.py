@@ -55,6 +55,7 @@ def model_config() -> ml_collections.ConfigDict:
     c.max_query_tokens = 24
     c.tasks = ml_collections.ConfigDict(TASKS)  # batch share per task; 0 drops a task
     c.beam_size = 20  # LC-Rec decodes with 20 beams
+    c.trie = "auto"  # constrained decoding tables: dense [L, prefixes, K] (small catalogues), compact O(L·SIDs) or auto
     c.vocab_multiple = 1  # pad the vocabulary to a multiple of this (128 splits it over a model axis)
     common.add_precision(c)
     return c

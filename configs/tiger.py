@@ -38,6 +38,7 @@ def model_config() -> ml_collections.ConfigDict:
     c.dropout_impl = "hash"  # hash: counter-based, faster steps on CPU (BENCHMARKS.md) | threefry: jax.random
     c.item_level_history = False  # True: one encoder vector per history item (sum of its code embeddings)
     c.beam_size = 20
+    c.trie = "auto"  # constrained decoding tables: dense [L, prefixes, K] (small catalogues), compact O(L·SIDs) or auto
     c.vocab_multiple = 1  # pad the token table to a multiple of this; 128 splits it over any model axis up to 128
     common.add_precision(c)
     return c

@@ -17,6 +17,7 @@ FEATURE_SOURCES = ("text", "cf", "text+cf")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("synthetic", "lcrec", "amazon"),
     "data.targets": ("all", "positive"),
+    "model.trie": ("auto", "dense", "compact"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,
@@ -64,7 +65,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "features.llm.embed_dim": (2, True), "features.llm.max_title_tokens": (1, True),
     "model.seed_prompt_prob": (0.0, True), "model.explore_prob": (0.0, True), "model.category_prompt_prob": (0.0, True),
     "model.seed_neighbours": (1, True), "model.sampler_dim": (0, True), "model.category_level": (0, True),
-    "model.negatives_per_positive": (0, True),
+    "model.negatives_per_positive": (0, True), "rq_kmeans.chunk_size": (0, True),
     "model.num_levels": (2, True), "model.leaf_size": (1, True), "model.num_sampled_negatives": (0, True),
     "model.margin_delta": (0.0, True), "model.residual_weight": (0.0, True), "model.margin_weight": (0.0, True),
     "model.entropy_weight": (0.0, True), "model.orthogonality_weight": (0.0, True), "model.match_weight": (0.0, True),

@@ -4,12 +4,12 @@ One core serves both. The model supplies ``step_fn(cache, previous_tokens, level
 [B, W, K], cache)`` (``previous_tokens`` is -1 at level 0, the BOS step); every cache leaf has
 leading axes ``[B, W]`` and is re-gathered along the beam axis after each selection. Which tokens a
 hypothesis may take next comes from ``children_fn(level, prefixes) -> [B, W, K]``: the id of the
-extended prefix, or -1 where the token is not allowed. ``trie_children`` reads dense trie tables
-(SID decoding: a hypothesis's prefix is its trie node); ``key_children`` reads the sorted prefix
-keys of ``trie.prefix_keys`` (SIDs computed inside jit, e.g. the latent model's item codes: a
-prefix is its mixed-radix key); ``free_children`` allows every code of a level's codebook (CRBR:
-every routing path exists, prefixes stay 0). Beams start from a single live hypothesis, so a beam
-never holds a duplicate prefix.
+extended prefix, or -1 where the token is not allowed. ``trie_children`` reads a trie's tables,
+dense or compact (SID decoding: a hypothesis's prefix is its trie node); ``key_children`` reads the
+sorted prefix keys of ``trie.prefix_keys`` (SIDs computed inside jit, e.g. the latent model's item
+codes: a prefix is its mixed-radix key); ``free_children`` allows every code of a level's codebook
+(CRBR: every routing path exists, prefixes stay 0). Beams start from a single live hypothesis, so
+a beam never holds a duplicate prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from gr_jax.decoding.trie import TrieTables
 from gr_jax.ops import NEG_INF
 
 StepFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -55,9 +56,9 @@ def gather_beams(tree: Any, parents: jax.Array) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-def trie_children(children: jax.Array) -> ChildrenFn:
-    """Constraint of a dense trie table ``[L, max_prefixes, K]`` (``gr_jax.decoding.trie``)."""
-    return lambda level, prefixes: children[level][prefixes]
+def trie_children(tables: TrieTables) -> ChildrenFn:
+    """Constraint of a trie's tables (``gr_jax.decoding.trie``, dense or compact)."""
+    return tables.children_of
 
 
 def key_children(sorted_keys: jax.Array, codebook_size: int) -> ChildrenFn:

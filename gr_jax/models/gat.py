@@ -87,7 +87,7 @@ import numpy as np
 from gr_jax.data.dataset import ACTIONS, POSITIVE_ACTIONS, Interactions, positive_events
 from gr_jax.data.splits import train_event_mask
 from gr_jax.decoding.beam_search import beam_search, trie_children
-from gr_jax.decoding.trie import build_trie
+from gr_jax.decoding.trie import TrieTables, build_trie
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.decoder import DecoderBlock, DecoderConfig, causal_mask
 from gr_jax.models.layers.structs import from_config
@@ -262,8 +262,8 @@ class GATRecommender(ActionRanker):
             if self.seed_prompt_prob > 0 else None
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         codebook_size = max(sid_table.codebook_sizes)
-        self.trie = build_trie(sid_table.codes, codebook_size)
-        self.children = jnp.asarray(self.trie.children)
+        self.trie = build_trie(sid_table.codes, codebook_size, model_config.get("trie", "auto"))
+        self.children = TrieTables.of(self.trie)
         self.leaf_items = jnp.asarray(self.trie.sid_items)
         self.qformer = QFormer(from_config(QFormerConfig, model_config))
         self.module = GAT(from_config(GATConfig, model_config.decoder, num_levels=sid_table.num_levels,

@@ -253,7 +253,7 @@ def prefix_child_counts(trie: Trie, codes: np.ndarray) -> np.ndarray:
     out = np.zeros(codes.shape, np.int64)
     for level in range(codes.shape[1]):
         out[:, level] = counts[level, prefix]
-        prefix = trie.children[level, prefix, codes[:, level]]
+        prefix = trie.child(level, prefix, codes[:, level])
     return out
 
 
@@ -270,7 +270,7 @@ def ats_table(trie: Trie, codes: np.ndarray, model: ml_collections.ConfigDict) -
 
     Levels before ``ats_start_level`` keep 1; with ``ats_mean_center`` the table is rescaled so
     that the training temperatures of the catalogue's items average 1."""
-    num_levels, codebook_size = trie.children.shape[0], trie.children.shape[2]
+    num_levels, codebook_size = trie.num_levels, trie.codebook_size
     table = np.tile(ats_temperature(np.arange(codebook_size + 1), model.ats_alpha, model.ats_tau_min,
                                     model.ats_tau_max, model.ats_k_ref), (num_levels, 1))
     table[:model.ats_start_level] = 1.0

@@ -34,7 +34,7 @@ import tokenizers
 
 from gr_jax.data.dataset import ItemTable
 from gr_jax.decoding.beam_search import BeamState, beam_search, trie_children
-from gr_jax.decoding.trie import build_trie, leaf_items
+from gr_jax.decoding.trie import TrieTables, build_trie, leaf_items
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.llm import prompts
 from gr_jax.llm.lora import lora_frozen_patterns
@@ -94,8 +94,8 @@ class SemConvRecommender(TrainableRecommender):
         self.code_embeddings = code_embeddings
         self.module = LlamaModel(self.llm_config)
         self.num_levels, self.largest_codebook = sid_table.num_levels, largest
-        self.trie = build_trie(sid_table.codes, largest)
-        self.children = jnp.asarray(self.trie.children)
+        self.trie = build_trie(sid_table.codes, largest, model_config.get("trie", "auto"))
+        self.children = TrieTables.of(self.trie)
         self.leaf_items = jnp.asarray(leaf_items(self.trie, sid_table.sid_item))
         titles = item_titles(items.title, items.categories)
         tables = prompts.make_tables(self.tokenizer, self.code_vocab, sid_table.codes, titles,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gr_jax.decoding.beam_search import BeamState, beam_search, trie_children
-from gr_jax.decoding.trie import build_trie, leaf_items
+from gr_jax.decoding.trie import TrieTables, build_trie, leaf_items
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import from_config
@@ -183,8 +183,8 @@ class TigerRecommender(TrainableRecommender):
         self.module = module or Tiger(from_config(T5Config, model_config, num_levels=sid_table.num_levels,
                                                   codebook_size=codebook_size))
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
-        self.trie = build_trie(sid_table.codes, codebook_size)
-        self.children = jnp.asarray(self.trie.children)
+        self.trie = build_trie(sid_table.codes, codebook_size, model_config.get("trie", "auto"))
+        self.children = TrieTables.of(self.trie)
         self.leaf_items = jnp.asarray(leaf_items(self.trie, sid_table.sid_item))
         self.beam_size = model_config.beam_size
         self.unroll_decoding = unroll_decoding
@@ -228,14 +228,16 @@ class TigerRecommender(TrainableRecommender):
             prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
             for level in range(codes.shape[1]):
                 taus.append(self.decode_temperatures[level][prefix])
-                prefix = jnp.maximum(self.children[level][prefix, codes[:, level]], 0)
+                prefix = jnp.maximum(self.children.child(level, prefix, codes[:, level]), 0)
             logits = jax.nn.log_softmax(logits, -1) / jnp.stack(taus, 1)[..., None]
         log_probs = jax.nn.log_softmax(logits, -1)
         return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0].sum(-1)
 
-    def search(self, params, inputs: dict, beam_size: int) -> BeamState:
+    def search(self, params, inputs: dict, beam_size: int, tables: TrieTables | None = None) -> BeamState:
         """Trie-constrained beam search over the SID table from module ``inputs``; ``.results()`` gives
-        (SID rows ``[B, W]``, scores ``[B, W]``), best first."""
+        (SID rows ``[B, W]``, scores ``[B, W]``), best first. ``tables``: the trie's tables as an
+        argument (a large catalogue's, passed to the jitted function rather than closed over as a
+        constant); default the model's own."""
         variables = {"params": params}
         encoded, mask = self.module.apply(variables, **inputs, method=Tiger.encode)
         memories, caches = self.module.apply(variables, encoded, mask, beam_size, method=Tiger.init_decoding)
@@ -243,7 +245,8 @@ class TigerRecommender(TrainableRecommender):
         def step(caches, previous, level):
             return self.module.apply(variables, memories, mask, caches, previous, level, method=Tiger.decode_step)
 
-        return beam_search(step, caches, trie_children(self.children), self.trie.num_levels, encoded.shape[0],
+        tables = self.children if tables is None else tables
+        return beam_search(step, caches, trie_children(tables), self.trie.num_levels, encoded.shape[0],
                            beam_size, self.decode_temperatures, self.unroll_decoding)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:

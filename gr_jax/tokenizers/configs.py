@@ -71,9 +71,12 @@ class RQKMeansConfig:
     num_iters: int = 50
     normalize_input: bool = True  # L2-normalize each input row before quantizing
     seed: int = 0
+    chunk_size: int = 0  # > 0: each level's k-means streams chunks of this many points over the local devices
 
     def __post_init__(self):
         check_choice("residual", self.residual)
+        if self.chunk_size and self.balanced:
+            raise ValueError("rq_kmeans.balanced needs the in-memory k-means: set rq_kmeans.chunk_size=0")
         if self.num_levels < 1 or self.codebook_size < 1 or self.num_iters < 0:
             raise ValueError(f"need num_levels >= 1, codebook_size >= 1 and num_iters >= 0, got {self}")
 

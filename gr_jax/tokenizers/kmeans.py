@@ -21,17 +21,26 @@ codebook initialisation and Pctx's per-item context clusters.
 
 The distance matrix is materialized (``N × K`` floats). ``tests/tokenizers/test_kmeans.py`` checks
 the Lloyd iterations against a plain NumPy reference.
+
+``kmeans_streamed`` is the same Lloyd iteration for millions of points: seeded by k-means++ on a
+sample, each pass scans fixed-size chunks whose points are split over the local devices (a
+``data`` mesh axis: assignments in parallel, the per-cluster sums all-reduced by XLA), so only a
+chunk's distances exist at a time. With the sample covering every point it returns ``kmeans``'s
+result (the test compares them).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gr_jax.ops import l2_normalize, squared_distances
 
@@ -168,6 +177,74 @@ def kmeans_groups(groups: list[np.ndarray], ks: list[int], *, num_iters: int = 5
         for row, i in enumerate(members):
             results[i] = (centroids[row], assignment[row, :len(groups[i])])
     return results
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _streamed_pass(chunks: jax.Array, weights: jax.Array, centroids: jax.Array, previous: jax.Array, k: int):
+    """One Lloyd pass over ``chunks [C, S, D]``: assignment ``[C, S]``, per-cluster sums and
+    weights, the ``k`` costliest points (empty-cluster seeds, as ``_update`` picks them), the total
+    cost and how many assignments differ from ``previous``."""
+
+    def body(carry, chunk):
+        sums, counts, far_cost, far_points = carry
+        x, w, before = chunk
+        assignment, cost = _assign(x, centroids, balanced=False)
+        sums = sums + jax.ops.segment_sum(x * w[:, None], assignment, k)
+        counts = counts + jax.ops.segment_sum(w, assignment, k)
+        # Running top-k by cost; earlier points first among ties, as one top_k over all points.
+        top_cost, top = lax.top_k(jnp.concatenate([far_cost, cost * w]), k)
+        far_points = jnp.concatenate([far_points, x])[top]
+        changed = jnp.sum((assignment != before) & (w > 0))
+        return (sums, counts, top_cost, far_points), (assignment, changed, jnp.sum(cost * w))
+
+    dim = chunks.shape[-1]
+    init = (jnp.zeros((k, dim)), jnp.zeros(k), jnp.full(k, -jnp.inf), jnp.zeros((k, dim)))
+    (sums, counts, _, far_points), (assignment, changed, cost) = lax.scan(body, init, (chunks, weights, previous))
+    return assignment, sums, counts, far_points, cost.sum(), changed.sum()
+
+
+def kmeans_streamed(x, k: int, *, num_iters: int = 50, seed: int = 0, spherical: bool = False,
+                    chunk_size: int = 65_536, sample_size: int = 65_536,
+                    devices=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K-means of many points ``x [N, D]`` in chunks over ``devices`` (default: the local ones);
+    returns centroids ``[k, D]``, assignment ``[N]`` and cluster sizes ``[k]`` (NumPy).
+
+    Seeding: k-means++ on ``sample_size`` points drawn with ``seed`` (all when N is smaller);
+    Lloyd passes as ``kmeans`` (early stop when no assignment changes, empty clusters re-seeded
+    to the costliest points), one progress line per pass.
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or k < 1 or num_iters < 0 or len(x) < k:
+        raise ValueError(f"kmeans_streamed needs x [N >= k, D], k >= 1 and num_iters >= 0; got x {x.shape}, "
+                         f"k={k}, num_iters={num_iters}")
+    if spherical:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n, dim = x.shape
+    devices = list(devices or jax.local_devices())
+    size = -(-chunk_size // len(devices)) * len(devices)
+    num_chunks = -(-n // size)
+    mesh = Mesh(np.asarray(devices), ("data",))
+    split = NamedSharding(mesh, PartitionSpec(None, "data"))  # every chunk's points over the devices
+    padded = np.zeros((num_chunks * size, dim), np.float32)
+    padded[:n] = x
+    chunks = jax.device_put(padded.reshape(num_chunks, size, dim), split)
+    weights = jax.device_put((np.arange(num_chunks * size) < n).astype(np.float32).reshape(num_chunks, size), split)
+    sample = np.arange(n) if n <= sample_size else np.sort(np.random.default_rng(seed).choice(n, sample_size, False))
+    centroids = _kmeans_pp(jax.random.key(seed), jnp.asarray(x[sample]), k, jnp.ones(len(sample)))
+    assignment = jax.device_put(jnp.full((num_chunks, size), -1, jnp.int32), split)
+    for it in range(num_iters):
+        tic = time.perf_counter()
+        assignment, sums, counts, far_points, cost, changed = _streamed_pass(chunks, weights, centroids, assignment, k)
+        means = sums / jnp.maximum(counts, 1)[:, None]
+        means = l2_normalize(means) if spherical else means
+        empty = counts == 0
+        centroids = jnp.where(empty[:, None], far_points[jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)], means)
+        logging.info("k-means pass %d/%d: %d points, cost %.6g, %d assignments changed, %d empty clusters (%.1fs)",
+                     it + 1, num_iters, n, float(cost), int(changed), int(empty.sum()), time.perf_counter() - tic)
+        if int(changed) == 0:
+            break
+    assignment, _, counts, _, _, _ = _streamed_pass(chunks, weights, centroids, assignment, k)
+    return np.asarray(centroids), np.asarray(assignment).reshape(-1)[:n], np.asarray(counts).astype(np.int64)
 
 
 @functools.partial(jax.jit, static_argnames=("spherical",))

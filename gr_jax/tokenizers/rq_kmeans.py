@@ -25,7 +25,7 @@ import numpy as np
 from gr_jax.ops import l2_normalize
 from gr_jax.tokenizers.configs import RQKMeansConfig
 from gr_jax.tokenizers.health import HealthReport, compute_health
-from gr_jax.tokenizers.kmeans import kmeans, nearest_centroid, squared_distances
+from gr_jax.tokenizers.kmeans import kmeans, kmeans_streamed, nearest_centroid, squared_distances
 from gr_jax.tokenizers.sid_table import SIDTable
 
 
@@ -130,8 +130,13 @@ def fit_rq_kmeans(x, config: RQKMeansConfig = RQKMeansConfig()) -> RQResult:
     x = r = _prepare(x, config.normalize_input)
     codes, codebooks, scales, energy = [], [], [], [_energy(r)]
     for level in range(config.num_levels):
-        centroids, code = kmeans(r, config.codebook_size, num_iters=config.num_iters, seed=config.seed + level,
-                                 balanced=config.balanced, spherical=config.tangent)
+        if config.chunk_size:
+            centroids, code, _ = kmeans_streamed(r, config.codebook_size, num_iters=config.num_iters,
+                                                 seed=config.seed + level, spherical=config.tangent,
+                                                 chunk_size=config.chunk_size)
+        else:
+            centroids, code = kmeans(r, config.codebook_size, num_iters=config.num_iters, seed=config.seed + level,
+                                     balanced=config.balanced, spherical=config.tangent)
         centroids, code = np.asarray(centroids), np.asarray(code)
         r, scale = _residual_update(r, centroids[code], config.tangent)
         codes.append(code)

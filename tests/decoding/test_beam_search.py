@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiger as tiger_config
 from gr_jax.decoding.beam_search import beam_search, trie_children
-from gr_jax.decoding.trie import build_trie
+from gr_jax.decoding.trie import TrieTables, build_trie
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.tiger import TigerRecommender
 from gr_jax.tokenizers.sid_table import SIDTable
@@ -17,10 +18,10 @@ from gr_jax.training import sharding
 K = 4
 
 
-def tiger(codes, beam_size):
+def tiger(codes, beam_size, trie="auto"):
     config = tiger_config.model_config()
     config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
-                  head_dim=8, mlp_dim=32, dropout=0.0, beam_size=beam_size)
+                  head_dim=8, mlp_dim=32, dropout=0.0, beam_size=beam_size, trie=trie)
     return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
 
 
@@ -44,9 +45,11 @@ def exhaustive(model, params, b, row):
     return np.asarray(model.sequence_log_probs(params, single, sid_codes))
 
 
-def test_beam_search_equals_exhaustive_scoring_of_every_valid_sid():
+@pytest.mark.parametrize("trie", ["dense", "compact"])
+def test_beam_search_equals_exhaustive_scoring_of_every_valid_sid(trie):
     codes = catalog()
-    model = tiger(codes, beam_size=len(codes))
+    model = tiger(codes, beam_size=len(codes), trie=trie)
+    assert model.trie.kind == trie
     b = batch(len(codes))
     params = model.init(jax.random.PRNGKey(0), b)
     sids, scores = jax.jit(lambda p, x: model.search(p, model.inputs(x), len(codes)).results())(params, b)
@@ -69,7 +72,7 @@ def test_narrow_beams_return_only_valid_distinct_sids_even_when_invalid_codes_sc
         logits = jnp.zeros((2, 5, K)).at[..., 2:].set(10.0)
         return jax.nn.log_softmax(logits + jax.random.normal(jax.random.PRNGKey(level), (2, 5, K))), cache
 
-    children = trie_children(jnp.asarray(trie.children))
+    children = trie_children(TrieTables.of(trie))
     sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((2, 5)), children, trie.num_levels, 2, 5).results())()
     sids = np.asarray(sids)
     assert np.all(sids >= 0) and np.all(np.isfinite(scores))
@@ -118,7 +121,7 @@ def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
     def step(cache, previous, level):
         return jax.nn.log_softmax(jnp.asarray(logits)[level][previous + 1], -1), cache
 
-    width, constraint = len(codes), trie_children(jnp.asarray(trie.children))
+    width, constraint = len(codes), trie_children(TrieTables.of(trie))
     sids, scores = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), constraint, num_levels, 1, width,
                                                temperatures=jnp.asarray(per_prefix)).results())()
     reference = {}
@@ -136,3 +139,21 @@ def test_decoding_temperatures_rescale_each_level_by_the_prefix_child_count():
         assert abs(got[sid_row] - value) < 1e-4
     plain = jax.jit(lambda: beam_search(step, jnp.zeros((1, width)), constraint, num_levels, 1, width).results())()[1]
     assert not np.allclose(np.sort(np.asarray(plain[0])), np.sort(np.asarray(scores[0])))  # tau mattered
+
+
+def test_compact_and_dense_tries_give_the_same_beams():
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 16, (300, 3))
+    codes = np.concatenate([codes, codes[:20]])  # collisions (and, to the trie, multi-SID items alike)
+    tries = [build_trie(codes, 16, kind) for kind in ("dense", "compact")]
+    logits = jnp.asarray(rng.normal(size=(3, 17, 16)), jnp.float32)  # [level, previous code + 1, code]
+
+    def step(cache, previous, level):
+        return jax.nn.log_softmax(logits[level][previous + 1] + cache[..., None], -1), cache
+
+    def search(tables):  # the tables as a jit argument, as a large catalogue's would be
+        return beam_search(step, jnp.zeros((2, 7)), trie_children(tables), 3, 2, 7).results()
+
+    dense, compact = (jax.jit(search)(TrieTables.of(t)) for t in tries)
+    np.testing.assert_array_equal(np.asarray(compact[0]), np.asarray(dense[0]))
+    np.testing.assert_allclose(np.asarray(compact[1]), np.asarray(dense[1]), atol=1e-5)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gr_jax.tokenizers.kmeans import _fit_one, _update, kmeans, kmeans_groups, nearest_centroid
+from gr_jax.tokenizers.kmeans import _fit_one, _update, kmeans, kmeans_groups, kmeans_streamed, nearest_centroid
 
 
 def lloyd_reference(x: np.ndarray, centroids: np.ndarray, max_iters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,3 +97,16 @@ def test_empty_cluster_is_reseeded_to_farthest_point():
 def test_fewer_points_than_clusters_is_an_error():
     with pytest.raises(ValueError, match="at least k=8 points, got 5"):
         kmeans(np.zeros((5, 3)), 8)
+
+
+def test_streamed_kmeans_over_8_devices_equals_in_memory_kmeans():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(c, 0.3, (250, 6)) for c in rng.normal(0, 3, (12, 6))]).astype(np.float32)
+    centroids, assignment = map(np.asarray, kmeans(x, 16, num_iters=30, seed=1))
+    for devices in (jax.local_devices()[:1], jax.local_devices()):  # 1 device, then the 8 simulated ones
+        got_centroids, got, sizes = kmeans_streamed(x, 16, num_iters=30, seed=1, chunk_size=512, devices=devices)
+        np.testing.assert_array_equal(got, assignment)
+        np.testing.assert_allclose(got_centroids, centroids, atol=1e-5)
+        np.testing.assert_array_equal(sizes, np.bincount(assignment, minlength=16))
+    assert len(jax.local_devices()) == 8
+

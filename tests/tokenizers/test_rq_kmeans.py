@@ -1,5 +1,7 @@
 """Tests for residual k-means: planted hierarchy recovery, tangent residuals, determinism, encoding."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -51,11 +53,16 @@ def test_encode_matches_fitted_codes(planted):
     np.testing.assert_array_equal(result.encode(x[:5] * 1.0001), result.codes[:5])
 
 
-def test_fixed_seed_is_deterministic(planted):
+def test_fixed_seed_is_deterministic_and_streamed_levels_give_the_same_codes(planted):
     x, _, result = planted
     again = fit_rq_kmeans(x, PLANTED)
     np.testing.assert_array_equal(again.codes, result.codes)
     np.testing.assert_array_equal(again.codebooks, result.codebooks)
+    streamed = fit_rq_kmeans(x, dataclasses.replace(PLANTED, chunk_size=256))  # 4 chunks over the 8 devices
+    np.testing.assert_array_equal(streamed.codes, result.codes)
+    np.testing.assert_allclose(streamed.codebooks, result.codebooks, atol=1e-4)
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        dataclasses.replace(PLANTED, chunk_size=256, balanced=True)
 
 
 def test_tangent_residuals_are_orthogonal_to_their_centroid():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 120
+STEPS = 60
 ARGS = ["-m", "gr_jax.main", "--config=configs/tiger.py:tiny", f"--config.train.num_steps={STEPS}",
         "--config.train.checkpoint_every_steps=20", "--config.train.log_every_steps=1",
         # a tiny CF model: the features stage trains it on every process, process 0 writes its table
