@@ -38,6 +38,7 @@ FORMAT = "k x int32 items + k x float32 scores, little-endian"
 SCHEMA_VERSION = "1"
 MAX_USER_ID = 2**63 - 1
 _CHUNK = 900  # ids per SQL statement (well under SQLite's bound-parameter limit)
+_LOCK_TIMEOUT_S = 30.0  # how long a connection waits for another one's lock
 
 RecommendFn = Callable[[np.ndarray, list], tuple[np.ndarray, np.ndarray]]
 
@@ -119,15 +120,29 @@ class SQLiteStore:
         """Opens the store at ``path``; ``create_with``: creates its tables with this metadata (one
         transaction, so a half-created store cannot exist)."""
         self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)  # explicit transactions
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=_LOCK_TIMEOUT_S)  # explicit transactions
         self.conn.execute("PRAGMA synchronous=NORMAL")
         if create_with is not None:
+            self._enable_wal()
             with self._transaction():
                 self.conn.execute("CREATE TABLE IF NOT EXISTS topk (user_id INTEGER PRIMARY KEY, "
                                   "digest INTEGER NOT NULL, value BLOB NOT NULL)")
                 self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self._set_metadata(create_with)
+
+    def _enable_wal(self) -> None:
+        """Switches the file to the WAL journal (persistent, so readers need not). SQLite answers
+        "database is locked" at once, without its busy handler, while another connection has the
+        file open, so a reader opening a store that is being created is waited out here."""
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -267,10 +282,15 @@ class TopKCache:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no top-K cache at {path}: build it with the cache stage "
                                     f"(--config.stages=...,cache) or TopKCache.create, or fix the path")
+        store = None
         try:
             store = SQLiteStore(path)
             schema = store.has_schema()
         except sqlite3.DatabaseError as error:
+            if store is not None:
+                store.close()
+            if isinstance(error, sqlite3.OperationalError):  # e.g. locked past the timeout: not a format problem
+                raise
             raise TopKCacheError(f"{path} is not a top-K cache ({error}); point at the cache stage's "
                                  f"cache/topk.sqlite or rebuild it") from None
         if not schema:

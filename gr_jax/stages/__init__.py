@@ -160,23 +160,18 @@ def run_data(a: Artifacts) -> dict:
 
 
 def run_features(a: Artifacts) -> dict:
-    """MiniLM item-text embeddings and/or collaborative (SASRec/DuoRec/DCCF) item embeddings. On a
-    multi-process run process 0 computes the text and LLM features while the others wait; the
-    collaborative model trains on every process (over the global mesh)."""
-    from gr_jax.stages.features import collaborative, compute_features
+    """MiniLM item-text embeddings, the LLM vocabulary and/or collaborative (SASRec/DuoRec/DCCF)
+    item embeddings. On a multi-process run process 0 computes the content features while the
+    others wait; the collaborative model trains on every process (over the global mesh)."""
+    from gr_jax.stages.features import collaborative, content_features
 
-    if jax.process_count() == 1:
-        a._features, summary = compute_features(a.config, a.workdir, a.dataset)
+    def content() -> dict:
+        a._features, summary = content_features(a.config, a.workdir, a.dataset)
         return summary
 
-    def shared() -> dict:
-        a._features, summary = compute_features(a.config, a.workdir, a.dataset, with_cf=False)
-        return summary
-
-    summary = run_on_primary("features", shared)
+    summary = run_on_primary("features", content)
     if a.config.features.cf.enabled:
-        cf, contexts, summary["cf"] = collaborative(a.config, a.workdir, a.dataset)
-        a.features.cf, a.features.contexts = cf, contexts
+        a.features.cf, a.features.contexts, summary["cf"] = collaborative(a.config, a.workdir, a.dataset)
     return summary
 
 

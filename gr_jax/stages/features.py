@@ -193,11 +193,9 @@ def _llm_vocabulary(config: ml_collections.ConfigDict, out_dir: str, dataset: Da
     return targets, summary
 
 
-def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
-                     with_cf: bool = True) -> tuple[Features, dict]:
-    """Computes (or reuses from ``workdir``) the enabled embeddings; returns them and a summary.
-    ``with_cf=False`` leaves out the collaborative table (a multi-process run computes it on every
-    process, ``collaborative``)."""
+def content_features(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset) -> tuple[Features, dict]:
+    """Computes (or reuses from ``workdir``) the enabled content embeddings (item text, the LLM's
+    vocabulary); returns them and a summary. The collaborative table is ``collaborative``'s."""
     from gr_jax.text.item_text import embed_items
     from gr_jax.text.minilm import TextEncoder
 
@@ -212,8 +210,6 @@ def compute_features(config: ml_collections.ConfigDict, workdir: str, dataset: D
                                     text_cfg.max_length)
         np.save(os.path.join(out_dir, TEXT_FILE), features.text)
         summary["text"] = {"shape": list(features.text.shape), "seconds": time.time() - tic}
-    if with_cf and config.features.cf.enabled:
-        features.cf, features.contexts, summary["cf"] = collaborative(config, workdir, dataset)
     if config.features.get("llm", {}).get("enabled", False):
         features.llm_text, summary["llm"] = _llm_vocabulary(config, out_dir, dataset)
         np.save(os.path.join(out_dir, LLM_TEXT_FILE), features.llm_text)

@@ -101,13 +101,18 @@ def _update(x: jax.Array, assignment: jax.Array, point_cost: jax.Array, k: int, 
     """Weighted cluster means; empty clusters re-seeded to the points farthest from their centroids."""
     weights = jnp.ones(x.shape[0], x.dtype) if weights is None else weights
     counts = jax.ops.segment_sum(weights, assignment, k)
-    means = jax.ops.segment_sum(x * weights[:, None], assignment, k) / jnp.maximum(counts, 1)[:, None]
+    sums = jax.ops.segment_sum(x * weights[:, None], assignment, k)
+    return _centroids(sums, counts, x[lax.top_k(point_cost * weights, k)[1]], spherical)
+
+
+def _centroids(sums: jax.Array, counts: jax.Array, farthest: jax.Array, spherical: bool) -> jax.Array:
+    """Cluster means from per-cluster ``sums`` and ``counts``; the i-th empty cluster takes the i-th
+    of the ``farthest [k, D]`` points (costliest first)."""
+    means = sums / jnp.maximum(counts, 1)[:, None]
     if spherical:
         means = l2_normalize(means)
     empty = counts == 0
-    farthest = lax.top_k(point_cost * weights, k)[1]
-    reseed = x[farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)]]
-    return jnp.where(empty[:, None], reseed, means)
+    return jnp.where(empty[:, None], farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, len(counts) - 1)], means)
 
 
 def _fit(x: jax.Array, weights: jax.Array, key: jax.Array, num_iters: jax.Array, k: int, balanced: bool,
@@ -235,12 +240,10 @@ def kmeans_streamed(x, k: int, *, num_iters: int = 50, seed: int = 0, spherical:
     for it in range(num_iters):
         tic = time.perf_counter()
         assignment, sums, counts, far_points, cost, changed = _streamed_pass(chunks, weights, centroids, assignment, k)
-        means = sums / jnp.maximum(counts, 1)[:, None]
-        means = l2_normalize(means) if spherical else means
-        empty = counts == 0
-        centroids = jnp.where(empty[:, None], far_points[jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)], means)
+        centroids = _centroids(sums, counts, far_points, spherical)
         logging.info("k-means pass %d/%d: %d points, cost %.6g, %d assignments changed, %d empty clusters (%.1fs)",
-                     it + 1, num_iters, n, float(cost), int(changed), int(empty.sum()), time.perf_counter() - tic)
+                     it + 1, num_iters, n, float(cost), int(changed), int((counts == 0).sum()),
+                     time.perf_counter() - tic)
         if int(changed) == 0:
             break
     assignment, _, counts, _, _, _ = _streamed_pass(chunks, weights, centroids, assignment, k)
