@@ -1,7 +1,7 @@
 """End-to-end latent tokenization (``configs/latent.py``) against the two-stage systems, and with each
 part of its hierarchy-guarantee protocol turned off, on the synthetic data.
 
-    python bench/latent.py [--quick] [--workdir runs/latent-bench] [--runs latent,no_margin,...]
+    python bench/latent.py [--quick] [--epochs N] [--workdir runs/latent-bench] [--runs latent,no_margin,...]
 
 Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete it to redo):
 
@@ -21,7 +21,7 @@ One JSON line per run: ``{"name": "retrieval", "run", "valid_ndcg@10", "test_rec
 "agreement_path", "user_perplexity"}``.
 
 ``--quick`` runs the ``:tiny`` variants for 1 epoch: a minute or two per run, for checking the
-script, not for numbers.
+script, not for numbers. ``--epochs N`` gives every run the same shorter budget (the ablations).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def run_config(name: str, args):
         config.stages = "data,tokenize,train,eval"
     else:
         config = load_config(f"{name}:{variant or ''}")
-    if args.quick:
-        config.train.num_epochs = 1
+    if args.quick or args.epochs:
+        config.train.num_epochs = 1 if args.quick else args.epochs
     return config
 
 
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/latent-bench")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, in order; of {', '.join(RUNS)}")
     parser.add_argument("--quick", action="store_true", help=":tiny variants, 1 epoch (checks the script)")
+    parser.add_argument("--epochs", type=int, default=0, help="train every run for this many epochs (0: the configs')")
     args = parser.parse_args()
     names = [n for n in args.runs.split(",") if n]
     unknown = [n for n in names if n not in RUNS]
