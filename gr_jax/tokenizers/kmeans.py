@@ -45,15 +45,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gr_jax.ops import l2_normalize, squared_distances
 
 
-def _kmeans_pp(key: jax.Array, x: jax.Array, k: int, weights: jax.Array) -> jax.Array:
-    """Greedy k-means++ seeding over the points of weight 1.
+def _num_candidates(k: int) -> int:
+    """Candidates per k-means++ step for ``k`` centroids (as scikit-learn's greedy k-means++)."""
+    return 2 + int(math.log(k))
 
-    Each step draws ``2 + floor(ln k)`` candidate points with probability ∝ squared distance to the
-    chosen centroids (inverse-CDF sampling from one block of uniforms) and keeps the candidate that
-    lowers the total squared distance most.
+
+def _pp_uniforms(key: jax.Array, k: int) -> jax.Array:
+    """The uniforms of ``_kmeans_pp`` for ``k`` centroids: ``[k, _num_candidates(k)]``."""
+    return jax.random.uniform(key, (k, _num_candidates(k)))
+
+
+def _kmeans_pp(x: jax.Array, weights: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """Greedy k-means++ seeding of ``k = len(uniforms)`` centroids over the points of weight 1.
+
+    Each step draws ``uniforms.shape[1]`` candidate points with probability ∝ squared distance to the
+    chosen centroids (inverse-CDF sampling from its row of ``uniforms``) and keeps the candidate that
+    lowers the total squared distance most (the first one among equals).
     """
-    n = x.shape[0]
-    uniforms = jax.random.uniform(key, (k, 2 + int(math.log(k))))
+    n, k = x.shape[0], uniforms.shape[0]
     count = jnp.cumsum(weights)
     first = x[jnp.minimum(jnp.searchsorted(count, uniforms[0, 0] * count[-1], side="right"), n - 1)]
     centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
@@ -89,51 +98,68 @@ def _balanced_assign(cost: jax.Array) -> jax.Array:
     return jnp.zeros(n, jnp.int32).at[order].set(chosen)
 
 
-def _assign(x: jax.Array, centroids: jax.Array, balanced: bool) -> tuple[jax.Array, jax.Array]:
-    """Assignment ``[N]`` and each point's cost to its assigned centroid ``[N]``."""
+def _assign(x: jax.Array, centroids: jax.Array, balanced: bool,
+            active: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Assignment ``[N]`` and each point's cost to its assigned centroid ``[N]``; centroids whose
+    ``active [K]`` flag is off take no points."""
     cost = squared_distances(x, centroids)
+    if active is not None:
+        cost = jnp.where(active[None, :], cost, jnp.inf)
     assignment = _balanced_assign(cost) if balanced else jnp.argmin(cost, axis=1).astype(jnp.int32)
     return assignment, jnp.take_along_axis(cost, assignment[:, None], axis=1)[:, 0]
 
 
 def _update(x: jax.Array, assignment: jax.Array, point_cost: jax.Array, k: int, spherical: bool,
-            weights: jax.Array | None = None) -> jax.Array:
-    """Weighted cluster means; empty clusters re-seeded to the points farthest from their centroids."""
+            weights: jax.Array | None = None, active: jax.Array | None = None) -> jax.Array:
+    """Weighted cluster means; empty (active) clusters re-seeded to the points farthest from their
+    centroids."""
     weights = jnp.ones(x.shape[0], x.dtype) if weights is None else weights
     counts = jax.ops.segment_sum(weights, assignment, k)
     sums = jax.ops.segment_sum(x * weights[:, None], assignment, k)
-    return _centroids(sums, counts, x[lax.top_k(point_cost * weights, k)[1]], spherical)
+    return _centroids(sums, counts, x[lax.top_k(point_cost * weights, k)[1]], spherical, active)
 
 
-def _centroids(sums: jax.Array, counts: jax.Array, farthest: jax.Array, spherical: bool) -> jax.Array:
-    """Cluster means from per-cluster ``sums`` and ``counts``; the i-th empty cluster takes the i-th
-    of the ``farthest [k, D]`` points (costliest first)."""
+def _centroids(sums: jax.Array, counts: jax.Array, farthest: jax.Array, spherical: bool,
+               active: jax.Array | None = None) -> jax.Array:
+    """Cluster means from per-cluster ``sums`` and ``counts``; the i-th empty cluster (among the
+    ``active`` ones) takes the i-th of the ``farthest [k, D]`` points (costliest first)."""
     means = sums / jnp.maximum(counts, 1)[:, None]
     if spherical:
         means = l2_normalize(means)
     empty = counts == 0
+    if active is not None:
+        empty &= active
     return jnp.where(empty[:, None], farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, len(counts) - 1)], means)
 
 
-def _fit(x: jax.Array, weights: jax.Array, key: jax.Array, num_iters: jax.Array, k: int, balanced: bool,
-         spherical: bool) -> tuple[jax.Array, jax.Array]:
+def _fit(x: jax.Array, weights: jax.Array, uniforms: jax.Array, num_iters: jax.Array, active: jax.Array,
+         balanced: bool, spherical: bool) -> tuple[jax.Array, jax.Array]:
+    """Seeding from ``uniforms [K, C]`` then Lloyd iterations; only the ``active [K]`` centroids
+    (a prefix) take points, so one compiled shape serves every k up to K."""
+    k = uniforms.shape[0]
+
     def cond(state):
         it, _, _, changed = state
         return (it < num_iters) & changed
 
     def body(state):
         it, centroids, previous, _ = state
-        assignment, point_cost = _assign(x, centroids, balanced)
-        centroids = _update(x, assignment, point_cost, k, spherical, weights)
+        assignment, point_cost = _assign(x, centroids, balanced, active)
+        centroids = _update(x, assignment, point_cost, k, spherical, weights, active)
         return it + 1, centroids, assignment, jnp.any((assignment != previous) & (weights > 0))
 
-    init = (jnp.int32(0), _kmeans_pp(key, x, k, weights), jnp.full(x.shape[0], -1, jnp.int32), jnp.bool_(True))
+    init = (jnp.int32(0), _kmeans_pp(x, weights, uniforms), jnp.full(x.shape[0], -1, jnp.int32), jnp.bool_(True))
     _, centroids, _, _ = lax.while_loop(cond, body, init)
-    return centroids, _assign(x, centroids, balanced)[0]
+    return centroids, _assign(x, centroids, balanced, active)[0]
 
 
-_fit_one = jax.jit(_fit, static_argnames=("k", "balanced", "spherical"))
-_fit_many = jax.jit(jax.vmap(_fit, in_axes=(0, 0, 0, None, None, None, None)), static_argnums=(4, 5, 6))
+@functools.partial(jax.jit, static_argnames=("k", "balanced", "spherical"))
+def _fit_one(x: jax.Array, weights: jax.Array, key: jax.Array, num_iters: jax.Array, k: int, balanced: bool,
+             spherical: bool) -> tuple[jax.Array, jax.Array]:
+    return _fit(x, weights, _pp_uniforms(key, k), num_iters, jnp.ones(k, bool), balanced, spherical)
+
+
+_fit_many = jax.jit(jax.vmap(_fit, in_axes=(0, 0, 0, None, 0, None, None)), static_argnums=(5, 6))
 
 
 def kmeans(x, k: int, *, num_iters: int = 50, seed: int = 0, balanced: bool = False,
@@ -161,27 +187,49 @@ def kmeans_groups(groups: list[np.ndarray], ks: list[int], *, num_iters: int = 5
     """Independent k-means of many small point sets (``groups[i]`` ``[n_i, D]`` with ``ks[i] <= n_i``
     clusters): (centroids ``[k_i, D]``, assignment ``[n_i]``) each.
 
-    Problems are padded (zero-weight rows) to the next power of two and solved in one vmapped call
-    per (padded size, k); problem ``i`` is seeded by ``fold_in(seed, i)``, so results do not depend
-    on how problems are grouped.
+    Problems are padded to the next power of two of points (zero-weight rows) and to the largest k
+    of that size (inactive centroids) and solved in one vmapped call per padded size, so the number
+    of compilations grows with the log of the largest group only. Problem ``i`` is seeded by
+    ``fold_in(seed, i)`` and gets ``kmeans``'s result for its own k, whatever it is grouped with.
     """
     results: list = [None] * len(groups)
-    buckets: dict[tuple[int, int], list[int]] = {}
+    buckets: dict[int, list[int]] = {}
     for i, (points, k) in enumerate(zip(groups, ks)):
         if not 1 <= k <= len(points):
             raise ValueError(f"group {i}: k={k} clusters for {len(points)} points")
-        buckets.setdefault((1 << max(len(points) - 1, 0).bit_length(), k), []).append(i)
-    root = jax.random.key(seed)
-    for (size, k), members in buckets.items():
+        buckets.setdefault(1 << max(len(points) - 1, 0).bit_length(), []).append(i)
+    uniforms = _group_uniforms(jax.random.key(seed), ks)
+    for size, members in sorted(buckets.items()):
+        top_k = max(ks[i] for i in members)
         x = np.zeros((len(members), size, groups[members[0]].shape[1]), np.float32)
         weights = np.zeros((len(members), size), np.float32)
+        draws = np.zeros((len(members), top_k, _num_candidates(top_k)), np.float32)
         for row, i in enumerate(members):
             x[row, :len(groups[i])], weights[row, :len(groups[i])] = groups[i], 1.0
-        keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(members))
-        centroids, assignment = jax.device_get(_fit_many(x, weights, keys, jnp.int32(num_iters), k, False, False))
+            # candidate columns beyond problem i's own repeat its first (the same point: no effect)
+            draws[row, :ks[i]] = np.pad(uniforms[i], ((0, 0), (0, draws.shape[2] - uniforms[i].shape[1])), "edge")
+        active = np.arange(top_k)[None, :] < np.asarray([ks[i] for i in members])[:, None]
+        centroids, assignment = jax.device_get(_fit_many(x, weights, draws, jnp.int32(num_iters), active, False,
+                                                         False))
         for row, i in enumerate(members):
-            results[i] = (centroids[row], assignment[row, :len(groups[i])])
+            results[i] = (centroids[row, :ks[i]], assignment[row, :len(groups[i])])
     return results
+
+
+def _group_uniforms(root: jax.Array, ks: list[int]) -> list[np.ndarray]:
+    """Problem ``i``'s k-means++ uniforms, ``_pp_uniforms(fold_in(root, i), ks[i])``, one compiled
+    draw per distinct k."""
+    uniforms: list = [None] * len(ks)
+    for k in sorted(set(ks)):
+        members = [i for i, ki in enumerate(ks) if ki == k]
+        for i, draw in zip(members, np.asarray(_draw_uniforms(root, jnp.asarray(members), k))):
+            uniforms[i] = draw
+    return uniforms
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _draw_uniforms(root: jax.Array, problems: jax.Array, k: int) -> jax.Array:
+    return jax.vmap(lambda i: _pp_uniforms(jax.random.fold_in(root, i), k))(problems)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -235,7 +283,7 @@ def kmeans_streamed(x, k: int, *, num_iters: int = 50, seed: int = 0, spherical:
     chunks = jax.device_put(padded.reshape(num_chunks, size, dim), split)
     weights = jax.device_put((np.arange(num_chunks * size) < n).astype(np.float32).reshape(num_chunks, size), split)
     sample = np.arange(n) if n <= sample_size else np.sort(np.random.default_rng(seed).choice(n, sample_size, False))
-    centroids = _kmeans_pp(jax.random.key(seed), jnp.asarray(x[sample]), k, jnp.ones(len(sample)))
+    centroids = _kmeans_pp(jnp.asarray(x[sample]), jnp.ones(len(sample)), _pp_uniforms(jax.random.key(seed), k))
     assignment = jax.device_put(jnp.full((num_chunks, size), -1, jnp.int32), split)
     for it in range(num_iters):
         tic = time.perf_counter()

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gr_jax.tokenizers import kmeans as kmeans_module
 from gr_jax.tokenizers.kmeans import _fit_one, _update, kmeans, kmeans_groups, kmeans_streamed, nearest_centroid
 
 
@@ -58,9 +59,11 @@ def test_lloyd_iterations_equal_the_numpy_reference_from_the_same_seeds():
 
 def test_grouped_problems_equal_each_problem_solved_alone():
     rng = np.random.default_rng(2)
-    groups = [rng.normal(size=(n, 16)).astype(np.float32) + 3 * rng.normal(size=16) for n in (5, 9, 12, 3, 16)]
-    ks = [2, 3, 3, 3, 4]
+    groups = [rng.normal(size=(n, 16)).astype(np.float32) + 3 * rng.normal(size=16) for n in (5, 9, 12, 3, 16, 14, 7)]
+    ks = [2, 3, 3, 3, 4, 1, 5]
+    compiled = kmeans_module._fit_many._cache_size()
     grouped = kmeans_groups(groups, ks, num_iters=20, seed=7)
+    assert kmeans_module._fit_many._cache_size() - compiled <= 3  # one shape per padded size (4, 8, 16), whatever the k
     root = jax.random.key(7)
     for i, (x, k) in enumerate(zip(groups, ks)):
         alone = _fit_one(x, jnp.ones(len(x)), jax.random.fold_in(root, i), jnp.int32(20), k=k, balanced=False,
