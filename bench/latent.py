@@ -18,7 +18,8 @@ One JSON line per run: ``{"name": "retrieval", "run", "valid_ndcg@10", "test_rec
 "seconds"}``, and for the runs with learned SIDs also ``{"name": "codes", "run", "unique_sids",
 "collision_rate", "max_items_per_sid", "item_perplexity" [per level], "energy_ratio" [per level],
 + the last logged training diagnostics: "explained", "margin_satisfied", "agreement" [per level],
-"agreement_path", "user_perplexity"}``.
+"agreement_path", "user_perplexity"}`` and their hierarchy: ``"category_purity"`` per level (SID prefixes against
+the true category prefixes; the synthetic data's generating tree) and ``"category_purity_shuffled"`` (chance).
 
 ``--quick`` runs the ``:tiny`` variants for 1 epoch: a minute or two per run, for checking the
 script, not for numbers. ``--epochs N`` gives every run the same shorter budget (the ablations).
@@ -32,10 +33,14 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, load_config  # noqa: E402
 from gr_jax import stages  # noqa: E402
+from gr_jax.tokenizers.prism_quantizer import category_purity, category_tags  # noqa: E402
+from gr_jax.tokenizers.sid_table import SIDTable  # noqa: E402
 
 ABLATIONS = {"latent": {}, "no_residual_targets": {"residual_targets": False}, "no_margin": {"margin_weight": 0.0},
              "no_entropy": {"entropy_weight": 0.0}, "no_orthogonality": {"orthogonality_weight": 0.0},
@@ -86,7 +91,27 @@ def per_level(row: dict, name: str) -> list[float]:
     return [row[key] for key in sorted(k for k in row if k.startswith(f"train/{name}_l"))]
 
 
-def report(name: str, workdir: str, seconds: float) -> None:
+def hierarchy_purity(workdir: str, config, sid_dir: str) -> dict:
+    """``category_purity`` per level l of the items' SID prefixes of length l + 1 against their true
+    category path prefixes of depth l (synthetic data: the generating tree), and the same with the
+    items' SIDs shuffled (chance: same code sizes, no relation to the categories)."""
+    dataset = stages.Artifacts(config, workdir).dataset
+    table = SIDTable.load(sid_dir)
+    rows = np.arange(len(table.codes)) if table.sid_item is None else np.asarray(table.sid_item)
+    codes = np.zeros((dataset.num_items, table.codes.shape[1]), np.int64)
+    codes[rows] = table.codes
+    tags = category_tags(dataset.items.categories, codes.shape[1])  # the constant root levels skipped
+    depth = int((tags.ids >= 0).any(0).sum())
+    shuffled = codes[np.random.default_rng(0).permutation(len(codes))]
+
+    def purity(item_codes):
+        return [round(category_purity(np.unique(item_codes[:, :level + 1], axis=0, return_inverse=True)[1].ravel(),
+                                      tags.ids[:, level]), 4) for level in range(depth)]
+
+    return {"category_purity": purity(codes), "category_purity_shuffled": purity(shuffled)}
+
+
+def report(name: str, workdir: str, seconds: float, args) -> None:
     common = {"run": name, "seconds": seconds}
     if name != "rqkmeans":
         metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
@@ -104,6 +129,7 @@ def report(name: str, workdir: str, seconds: float) -> None:
             codes |= {key: per_level(row, key) for key in ("explained", "margin_satisfied", "agreement",
                                                            "user_perplexity")}
             codes["agreement_path"] = row["train/agreement_path"]
+        codes |= hierarchy_purity(workdir, run_config(name, args), health_dir)
         emit(codes)
 
 
@@ -119,7 +145,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
     for name in names:
-        report(name, *run(name, args))
+        report(name, *run(name, args), args)
 
 
 if __name__ == "__main__":
