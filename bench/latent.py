@@ -1,7 +1,8 @@
 """End-to-end latent tokenization (``configs/latent.py``) against the two-stage systems, and with each
-part of its hierarchy-guarantee protocol turned off, on the synthetic data.
+part of its hierarchy-guarantee protocol turned off, on the synthetic data (or Scientific).
 
-    python bench/latent.py [--quick] [--epochs N] [--workdir runs/latent-bench] [--runs latent,no_margin,...]
+    python bench/latent.py [--quick] [--variant scientific] [--epochs N] [--workdir runs/latent-bench]
+                           [--runs latent,no_margin,...]
 
 Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete it to redo):
 
@@ -22,7 +23,9 @@ One JSON line per run: ``{"name": "retrieval", "run", "valid_ndcg@10", "test_rec
 the true category prefixes; the synthetic data's generating tree) and ``"category_purity_shuffled"`` (chance).
 
 ``--quick`` runs the ``:tiny`` variants for 1 epoch: a minute or two per run, for checking the
-script, not for numbers. ``--epochs N`` gives every run the same shorter budget (the ablations).
+script, not for numbers. ``--variant scientific`` runs every config's ``:scientific`` variant (the
+configs' own Scientific budgets; CRBR's and latent's are the same). ``--epochs N`` gives every run
+the same shorter budget (the ablations).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ RUNS = tuple(ABLATIONS) + ("crbr", "rqkmeans", "tiger_rqkmeans", "tiger_latent")
 
 
 def run_config(name: str, args):
-    variant = "tiny" if args.quick else None
+    variant = "tiny" if args.quick else args.variant
     if name in ABLATIONS:
         config = load_config(f"latent:{variant or ''}")
         config.model.update(ABLATIONS[name])
@@ -138,6 +141,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/latent-bench")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, in order; of {', '.join(RUNS)}")
     parser.add_argument("--quick", action="store_true", help=":tiny variants, 1 epoch (checks the script)")
+    parser.add_argument("--variant", default="", choices=("", "scientific"),
+                        help="config variant of every run: '' (synthetic data) or 'scientific'")
     parser.add_argument("--epochs", type=int, default=0, help="train every run for this many epochs (0: the configs')")
     args = parser.parse_args()
     names = [n for n in args.runs.split(",") if n]
