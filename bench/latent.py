@@ -60,6 +60,7 @@ def run_config(name: str, args):
     elif name == "rqkmeans":
         config = load_config(f"rqkmeans:{variant or ''}")
         config.tokenizer.rq_kmeans.codebook_size = 8 if args.quick else 64
+        config.tokenizer.health.enforce = False  # its health report is part of the comparison
     elif name.startswith("tiger_"):
         config = load_config(f"tiger:{variant or ''}")
         source = "train" if name == "tiger_latent" else "tokenize"
