@@ -10,6 +10,8 @@ Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete 
   instead of per-level targets), ``no_margin``, ``no_entropy``, ``no_orthogonality``, ``no_match``
   (no user-code/item-code cross-entropy), ``user_trains_codebooks`` (the user side moves the shared
   codebooks too), ``no_kmeans_init``;
+- ``latent_full_catalogue``: the ``latent`` run's model ranking every item by its user vector
+  (``eval.index=scann``, exact on small catalogues): what the code beams' candidates lose;
 - ``crbr``: routing over fixed-size codebooks, exact retrieval (``configs/crbr.py``);
 - ``rqkmeans`` (tokenize only, 64 codes per level like ``latent``) then ``tiger_rqkmeans``: TIGER on
   its SIDs (imported through ``index.json``), the two-stage pipeline;
@@ -49,7 +51,7 @@ ABLATIONS = {"latent": {}, "no_residual_targets": {"residual_targets": False}, "
              "no_entropy": {"entropy_weight": 0.0}, "no_orthogonality": {"orthogonality_weight": 0.0},
              "no_match": {"match_weight": 0.0}, "user_trains_codebooks": {"user_trains_codebooks": True},
              "no_kmeans_init": {"kmeans_init": False}}
-RUNS = tuple(ABLATIONS) + ("crbr", "rqkmeans", "tiger_rqkmeans", "tiger_latent")
+RUNS = tuple(ABLATIONS) + ("latent_full_catalogue", "crbr", "rqkmeans", "tiger_rqkmeans", "tiger_latent")
 
 
 def run_config(name: str, args):
@@ -57,6 +59,10 @@ def run_config(name: str, args):
     if name in ABLATIONS:
         config = load_config(f"latent:{variant or ''}")
         config.model.update(ABLATIONS[name])
+    elif name == "latent_full_catalogue":
+        config = load_config(f"latent:{variant or ''}")
+        config.update(stages="data,eval")
+        config.eval.index = "scann"  # the user vector against every item (exactly under scann.brute_force_below)
     elif name == "rqkmeans":
         config = load_config(f"rqkmeans:{variant or ''}")
         config.tokenizer.rq_kmeans.codebook_size = 8 if args.quick else 64
@@ -80,6 +86,11 @@ def run(name: str, args) -> tuple[str, float]:
     done = os.path.join(workdir, "tokenize", "summary.json") if name == "rqkmeans" else \
         os.path.join(workdir, "eval", "metrics.json")
     tic = time.time()
+    if name == "latent_full_catalogue":  # the latent run's model, evaluated without its code index
+        os.makedirs(workdir, exist_ok=True)
+        for part in ("data", "features", "train"):
+            if not os.path.exists(os.path.join(workdir, part)):
+                os.symlink(os.path.abspath(os.path.join(args.workdir, "latent", part)), os.path.join(workdir, part))
     if not os.path.isfile(done):
         stages.run(run_config(name, args), workdir)
     return workdir, round(time.time() - tic, 1)
