@@ -9,7 +9,7 @@ Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete 
 - ``latent``: the defaults; ablations, one part off each: ``no_residual_targets`` (§5.2's sum loss
   instead of per-level targets), ``no_margin``, ``no_entropy``, ``no_orthogonality``, ``no_match``
   (no user-code/item-code cross-entropy), ``user_trains_codebooks`` (the user side moves the shared
-  codebooks too), ``no_kmeans_init``;
+  codebooks too), ``no_kmeans_init``; ``no_protocol``: the four parts of §5.4 off at once;
 - ``latent_full_catalogue``: the ``latent`` run's model ranking every item by its user vector
   (``eval.index=scann``, exact on small catalogues): what the code beams' candidates lose;
 - ``crbr``: routing over fixed-size codebooks, exact retrieval (``configs/crbr.py``);
@@ -50,7 +50,9 @@ from gr_jax.tokenizers.sid_table import SIDTable  # noqa: E402
 ABLATIONS = {"latent": {}, "no_residual_targets": {"residual_targets": False}, "no_margin": {"margin_weight": 0.0},
              "no_entropy": {"entropy_weight": 0.0}, "no_orthogonality": {"orthogonality_weight": 0.0},
              "no_match": {"match_weight": 0.0}, "user_trains_codebooks": {"user_trains_codebooks": True},
-             "no_kmeans_init": {"kmeans_init": False}}
+             "no_kmeans_init": {"kmeans_init": False},
+             "no_protocol": {"residual_targets": False, "margin_weight": 0.0, "entropy_weight": 0.0,
+                             "orthogonality_weight": 0.0}}
 RUNS = tuple(ABLATIONS) + ("latent_full_catalogue", "crbr", "rqkmeans", "tiger_rqkmeans", "tiger_latent")
 
 
