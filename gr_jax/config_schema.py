@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 MODEL_NAMES = ("popularity", "cooccurrence", "sasrec", "tiger", "prism", "pctx", "qformer", "two_tower", "crbr",
-               "gat", "dccf", "semconv")
+               "latent", "gat", "dccf", "semconv")
 TOKENIZERS = ("rq_vae", "rq_kmeans", "prism", "pctx", "aligned", "index_json")
 FEATURE_SOURCES = ("text", "cf", "text+cf")
 
@@ -66,6 +66,13 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "model.seed_prompt_prob": (0.0, True), "model.explore_prob": (0.0, True), "model.category_prompt_prob": (0.0, True),
     "model.seed_neighbours": (1, True), "model.sampler_dim": (0, True), "model.category_level": (0, True),
     "model.negatives_per_positive": (0, True), "rq_kmeans.chunk_size": (0, True),
+    "model.num_levels": (2, True), "model.leaf_size": (1, True), "model.num_sampled_negatives": (0, True),
+    "model.margin_delta": (0.0, True), "model.residual_weight": (0.0, True), "model.margin_weight": (0.0, True),
+    "model.entropy_weight": (0.0, True), "model.orthogonality_weight": (0.0, True), "model.match_weight": (0.0, True),
+    "model.quantization_weight": (0.0, True), "model.reconstruction_weight": (0.0, True),
+    "model.commitment_beta": (0.0, True), "model.assignment_temperature": (0.0, False),
+    "model.gumbel_temperature": (0.0, False), "model.gumbel_temperature_min": (0.0, False),
+    "model.gumbel_decay_rate": (0.0, True),
 }
 # The most each may take: ``(maximum, inclusive)``.
 MAXIMUMS: dict[str, tuple[float, bool]] = {

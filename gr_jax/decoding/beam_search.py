@@ -5,9 +5,11 @@ One core serves both. The model supplies ``step_fn(cache, previous_tokens, level
 leading axes ``[B, W]`` and is re-gathered along the beam axis after each selection. Which tokens a
 hypothesis may take next comes from ``children_fn(level, prefixes) -> [B, W, K]``: the id of the
 extended prefix, or -1 where the token is not allowed. ``trie_children`` reads a trie's tables,
-dense or compact (SID decoding: a hypothesis's prefix is its trie node); ``free_children`` allows every code of a
-level's codebook (CRBR: every routing path exists, prefixes stay 0). Beams start from a single live
-hypothesis, so a beam never holds a duplicate prefix.
+dense or compact (SID decoding: a hypothesis's prefix is its trie node); ``key_children`` reads the
+sorted prefix keys of ``trie.prefix_keys`` (SIDs computed inside jit, e.g. the latent model's item
+codes: a prefix is its mixed-radix key); ``free_children`` allows every code of a level's codebook
+(CRBR: every routing path exists, prefixes stay 0). Beams start from a single live hypothesis, so
+a beam never holds a duplicate prefix.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def gather_beams(tree: Any, parents: jax.Array) -> Any:
 def trie_children(tables: TrieTables) -> ChildrenFn:
     """Constraint of a trie's tables (``gr_jax.decoding.trie``, dense or compact)."""
     return tables.children_of
+
+
+def key_children(sorted_keys: jax.Array, codebook_size: int) -> ChildrenFn:
+    """Constraint of sorted prefix keys ``[L, N]`` (``trie.prefix_keys``, each level sorted): code ``c``
+    extends prefix key ``p`` at level l when some item's level-l key is ``p·K + c``, found by binary
+    search (memory O(N·L), whatever the number of possible prefixes)."""
+
+    def children(level, prefixes):
+        keys = prefixes[..., None] * codebook_size + jnp.arange(codebook_size, dtype=jnp.int32)
+        level_keys = sorted_keys[level]
+        found = level_keys[jnp.minimum(jnp.searchsorted(level_keys, keys), level_keys.shape[0] - 1)] == keys
+        return jnp.where(found, keys, -1)
+
+    return children
 
 
 def free_children(codebook_sizes: tuple[int, ...]) -> ChildrenFn:

@@ -16,6 +16,11 @@ contiguous run of ids; at the last level a child id is the full SID's row ("SID 
 ``sid_items[s]`` lists the items that share SID row ``s`` (-1 padded), so SIDs shared by several
 items (collisions) map back to all of them. Levels are stacked so decoding can ``lax.scan`` over
 depth.
+
+The same trie, built inside jit from SIDs that are themselves computed there (the latent model's
+item codes, which change with its parameters): ``prefix_keys`` numbers every prefix by its
+mixed-radix key ``Σ_j c_j K^(l−j)``; its levels sorted are the constraint of
+``beam_search.key_children`` and ``leaf_members`` maps full keys back to their items.
 """
 
 from __future__ import annotations
@@ -163,3 +168,25 @@ def leaf_items(trie: Trie, sid_item: np.ndarray) -> np.ndarray:
     row (``SIDTable.sid_item``): what ``expand_sid_ranking`` expands ranked leaves into."""
     rows = trie.sid_items
     return np.where(rows >= 0, np.asarray(sid_item)[rows.clip(0)], -1)
+
+
+def prefix_keys(codes: jax.Array, codebook_size: int) -> jax.Array:
+    """Mixed-radix keys ``[N, L]`` int32 of every prefix of ``codes [N, L]``: column l keys the first
+    l + 1 codes (equal keys, equal prefixes). Jittable; needs ``codebook_size ** L < 2 ** 31``."""
+    if codebook_size ** codes.shape[1] >= 2 ** 31:
+        raise ValueError(f"{codes.shape[1]} levels of {codebook_size} codes overflow int32 prefix keys")
+    keys, key = [], jnp.zeros(codes.shape[:1], jnp.int32)
+    for level in range(codes.shape[1]):
+        key = key * codebook_size + codes[:, level].astype(jnp.int32)
+        keys.append(key)
+    return jnp.stack(keys, 1)
+
+
+def leaf_members(sorted_keys: jax.Array, order: jax.Array, keys: jax.Array, count: int) -> jax.Array:
+    """Up to ``count`` items ``[..., count]`` (-1 padded) whose full key equals each of ``keys [...]``,
+    given the full keys sorted ``[N]`` and the items in that order ``[N]``; within a key, the order's
+    (a stable sort: the lowest item ids). A key < 0 (a dead beam) has none. Jittable."""
+    num = sorted_keys.shape[0]
+    position = jnp.searchsorted(sorted_keys, keys)[..., None] + jnp.arange(count)
+    clipped = jnp.minimum(position, num - 1)
+    return jnp.where((position < num) & (sorted_keys[clipped] == keys[..., None]), order[clipped], -1)

@@ -29,6 +29,7 @@ import numpy as np
 
 from gr_jax.data.dataset import Interactions
 from gr_jax.precision import Precision
+from gr_jax.tokenizers.sid_table import SIDTable
 
 Params = Any
 
@@ -83,6 +84,11 @@ class TrainableRecommender(Recommender):
 
     def item_embeddings(self, params: Params) -> jax.Array | None:
         """The model's item vectors ``[num_items, D]`` when it has any (saved by the train stage)."""
+        return None
+
+    def item_sids(self, params: Params) -> SIDTable | None:
+        """The catalogue's semantic IDs when the model learns them itself (``latent``): the train stage
+        writes them as a SID table artifact with its health report, as the tokenize stage does."""
         return None
 
     def log_examples(self, batch: dict) -> None:

@@ -74,6 +74,12 @@ def _crbr(config, a: Artifacts, pretrained_qformer=None):
     return CRBRRecommender(config.model, a.features, pretrained_qformer)
 
 
+def _latent(config, a: Artifacts, pretrained_qformer=None):
+    from gr_jax.models.latent import LatentRecommender
+
+    return LatentRecommender(config.model, a.features, pretrained_qformer)
+
+
 def _gat(config, a: Artifacts, pretrained_qformer=None):
     from gr_jax.models.gat import GATRecommender
 
@@ -112,6 +118,7 @@ MODELS: dict[str, Entry] = {
     "qformer": Entry(_qformer, lambda c: ("features",)),
     "two_tower": Entry(_two_tower, lambda c: ("features",)),
     "crbr": Entry(_crbr, lambda c: ("features",)),
+    "latent": Entry(_latent, lambda c: ("features",)),
     "gat": Entry(_gat, lambda c: ("sid_table", "features")),
     "dccf": Entry(_dccf, _none),
     "semconv": Entry(_semconv, lambda c: ("sid_table", "features")),

@@ -1,11 +1,12 @@
 """Ranking users from a ScaNN index of a trained model's item vectors (``eval.index='scann'``).
 
-For the models on the Q-Former user tower (``qformer``, ``two_tower``, ``crbr``): the item
+For the models on the Q-Former user tower (``qformer``, ``two_tower``, ``crbr``, ``latent``): the item
 vectors the model searches (``model.item_embeddings``) go into one ScaNN index; each user's query
-set (``model.query_set``: CRBR's routing paths, the two-tower user vector, the Q-Former's query
-states) is computed in jit, searched in the index and merged per item by max score
+set (``model.query_set``: CRBR's routing paths, the two-tower and latent user vector, the Q-Former's
+query states) is computed in jit, searched in the index and merged per item by max score
 (``multi_query.retrieve``), exactly as the exact in-jit ``model.topk`` does over the whole
-catalogue. The shared evaluator then scores the lists.
+catalogue (``latent``'s own ``topk`` searches its code index instead). The shared evaluator then
+scores the lists.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def scann_topk(model: Recommender, params, config: ScannConfig, k: int,
     """``batch -> [B, k]`` item ids served from a ScaNN index of ``model.item_embeddings(params)``,
     saved to ``save_dir`` when given."""
     if not isinstance(model, IndexRetriever):
-        raise ValueError(f"eval.index='scann' serves models with a query set (qformer, two_tower, crbr); "
+        raise ValueError(f"eval.index='scann' serves models with a query set (qformer, two_tower, crbr, latent); "
                          f"{type(model).__name__} has none: use eval.index='exact'")
     tic = time.time()
     index = build_index(np.asarray(model.item_embeddings(params)), config)

@@ -198,6 +198,28 @@ def tokenize_personalized(config: ml_collections.ConfigDict, workdir: str, datas
     return table, summary
 
 
+def write_sids(table: SIDTable, report: health.HealthReport, out_dir: str, item_keys: list[str]) -> tuple[str, str]:
+    """Writes a static SID table (``sid_table.*``, ``index.json``) and its health report (printed,
+    ``health.json``, ``health.png``) into ``out_dir``; returns the report's paths."""
+    paths = health.write_health(report, out_dir)
+    print(health.format_health(report), flush=True)
+    table.save(out_dir)
+    table.to_index_json(os.path.join(out_dir, "index.json"), item_keys)
+    return paths
+
+
+def write_learned_sids(table: SIDTable, vectors: np.ndarray, out_dir: str, item_keys: list[str]) -> dict:
+    """``write_sids`` for SIDs a model learned (``TrainableRecommender.item_sids``) by residual
+    quantization of its item ``vectors [N, E]`` with the table's codebooks; returns a summary."""
+    energy = residual_energy(vectors, table.codes, np.stack(table.codebooks))
+    report = health.compute_health(table.codes, table.codebook_sizes, residual_energy=energy,
+                                   recon_error=energy[-1] / energy[0])
+    json_path, png_path = write_sids(table, report, out_dir, item_keys)
+    return {"sid_table": os.path.join(out_dir, "sid_table.json"), "index_json": os.path.join(out_dir, "index.json"),
+            "unique_sids": report.num_unique_sids, "collision_rate": report.collision_rate, "health": json_path,
+            "health_png": png_path}
+
+
 def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
              features: Features | None) -> tuple[SIDTable, dict]:
     """Fits the tokenizer, writes the SID artifact and health report; returns the table and a summary."""
@@ -226,10 +248,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
         table = sid_table_from_fit(fit, tok)
         info = fit.info
     table.validate(dataset.num_items)
-    json_path, png_path = health.write_health(report, out_dir)
-    print(health.format_health(report), flush=True)
-    table.save(out_dir)
-    table.to_index_json(os.path.join(out_dir, "index.json"), dataset.items.keys)
+    json_path, png_path = write_sids(table, report, out_dir, dataset.items.keys)
     if path := aligned.save_code_token_embeddings(out_dir, code_token_embeddings):  # else drops a stale one
         info = info | {"code_token_embeddings": path}
     summary = {"tokenizer": tok.name, "num_levels": table.num_levels, "codebook_sizes": list(table.codebook_sizes),

@@ -22,8 +22,8 @@ from gr_jax.tokenizers.configs import RQVAEConfig
 Outputs = dict[str, jax.Array]
 
 
-class ResidualQuantizer(nn.Module):
-    """``L`` codebooks ``[L, K, code_dim]``; nearest-code residual quantization of ``z [B, d]``.
+def residual_quantize(z: jax.Array, codebooks: jax.Array, beta: float = 0.25) -> Outputs:
+    """Nearest-code residual quantization of ``z [B, d]`` by ``codebooks [L, K, d]``.
 
     Returns ``codes [B, L]``, straight-through ``z_q [B, d]``, the residual entering each
     level ``residuals [B, L, d]``, the chosen codes ``quantized [B, L, d]``, squared
@@ -31,6 +31,27 @@ class ResidualQuantizer(nn.Module):
     assignments) and per-level losses ``level_losses [L]``. Residuals are propagated with
     ``sg(c_l)``, so each codebook is trained only by its own level's term.
     """
+    residual = z
+    codes, residuals, quantized, distances, losses = [], [], [], [], []
+    for codebook in codebooks:
+        dist = squared_distances(residual, codebook)
+        code = jnp.argmin(dist, axis=-1)
+        chosen = codebook[code]
+        losses.append(_level_loss(residual, chosen, beta))
+        codes.append(code)
+        residuals.append(residual)
+        quantized.append(chosen)
+        distances.append(dist)
+        residual = residual - jax.lax.stop_gradient(chosen)
+    quantized = jnp.stack(quantized, axis=1)
+    z_q = z + jax.lax.stop_gradient(quantized.sum(axis=1) - z)
+    return {"codes": jnp.stack(codes, axis=1).astype(jnp.int32), "z_q": z_q,
+            "residuals": jnp.stack(residuals, axis=1), "quantized": quantized,
+            "distances": jnp.stack(distances, axis=1), "level_losses": jnp.stack(losses)}
+
+
+class ResidualQuantizer(nn.Module):
+    """``L`` codebooks ``[L, K, code_dim]``; ``residual_quantize`` of ``z [B, d]`` by them."""
 
     num_levels: int
     codebook_size: int
@@ -41,24 +62,7 @@ class ResidualQuantizer(nn.Module):
     def __call__(self, z: jax.Array) -> Outputs:
         codebooks = self.param("codebooks", nn.initializers.normal(self.code_dim ** -0.5),
                                (self.num_levels, self.codebook_size, self.code_dim))
-        residual = z
-        codes, residuals, quantized, distances, losses = [], [], [], [], []
-        for level in range(self.num_levels):
-            codebook = codebooks[level]
-            dist = squared_distances(residual, codebook)
-            code = jnp.argmin(dist, axis=-1)
-            chosen = codebook[code]
-            losses.append(_level_loss(residual, chosen, self.beta))
-            codes.append(code)
-            residuals.append(residual)
-            quantized.append(chosen)
-            distances.append(dist)
-            residual = residual - jax.lax.stop_gradient(chosen)
-        quantized = jnp.stack(quantized, axis=1)
-        z_q = z + jax.lax.stop_gradient(quantized.sum(axis=1) - z)
-        return {"codes": jnp.stack(codes, axis=1).astype(jnp.int32), "z_q": z_q,
-                "residuals": jnp.stack(residuals, axis=1), "quantized": quantized,
-                "distances": jnp.stack(distances, axis=1), "level_losses": jnp.stack(losses)}
+        return residual_quantize(z, codebooks, self.beta)
 
 
 def _level_loss(residual: jax.Array, code: jax.Array, beta: float) -> jax.Array:

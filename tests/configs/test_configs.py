@@ -15,7 +15,7 @@ SYSTEMS = {"popularity": ("tiny", "scientific"), "cooccurrence": ("tiny", "scien
            "sasrec": ("tiny", "scientific"), "duorec": ("tiny", "scientific"),
            "tiger": ("tiny", "scientific", "scientific_full"), "prism": ("tiny", "scientific", "scientific_full"),
            "pctx": ("tiny", "scientific", "scientific_full"), "qformer": ("tiny", "scientific"),
-           "two_tower": ("tiny", "scientific"), "crbr": ("tiny", "scientific"),
+           "two_tower": ("tiny", "scientific"), "crbr": ("tiny", "scientific"), "latent": ("tiny", "scientific"),
            "gat": ("tiny", "scientific", "stage2"), "dccf": ("tiny", "scientific"), "lightgcn": ("tiny", "scientific"),
            "rqvae": ("tiny", "scientific"), "rqkmeans": ("tiny", "scientific"), "semconv": ("tiny", "scientific")}
 
