@@ -25,7 +25,7 @@ from bench.common import emit, load_config  # noqa: E402
 from gr_jax import stages  # noqa: E402
 
 SYSTEMS = ("popularity", "cooccurrence", "sasrec", "duorec", "tiger", "prism", "pctx", "qformer", "two_tower",
-           "crbr", "gat", "rqvae", "rqkmeans")
+           "crbr", "latent", "gat", "semconv", "rqvae", "rqkmeans")
 
 
 def run_system(name: str, workdir: str) -> dict:

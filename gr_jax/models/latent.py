@@ -40,7 +40,7 @@ same codebooks, so items can be indexed by their codes.
   l+1 lowers the error by ≥ δ) and ``agreement_l*``/``agreement_path`` (the user's argmax code = the
   target's item code). After training the train stage writes the catalogue's learned SIDs as a SID
   table artifact with its codebook health report (usage, perplexity, residual energy, collisions):
-  ``train/{sid_table.*, index.json, health.json, health.png}`` (``item_sids``); the ``index.json``
+  ``train/{sid_table.*, index.json, health.json, health.png}`` (``learned_sid_table``); the ``index.json``
   lets another system train on them (``tokenizer.name=index_json``).
 - **Retrieval** (``topk``): beam search (``decoding.beam_search``, width ``beam_size``) over the
   user's code log-probabilities, constrained to the code paths some item has (a trie built in jit:
@@ -384,7 +384,7 @@ class LatentRecommender(FeatureTowerBase):
         states = self.query_states(params, batch)
         return self.router.apply({"params": params["router"]}, states, method=LatentRouter.user_vector)[:, None]
 
-    def item_sids(self, params: dict) -> SIDTable:
+    def learned_sid_table(self, params: dict) -> SIDTable:
         """The catalogue's learned codes as a SID table (collisions kept), with the shared codebooks."""
         codes = jax.jit(self.item_codes)(params)
         codebooks = jax.device_get(params["router"]["codebooks"])

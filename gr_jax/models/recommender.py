@@ -86,7 +86,7 @@ class TrainableRecommender(Recommender):
         """The model's item vectors ``[num_items, D]`` when it has any (saved by the train stage)."""
         return None
 
-    def item_sids(self, params: Params) -> SIDTable | None:
+    def learned_sid_table(self, params: Params) -> SIDTable | None:
         """The catalogue's semantic IDs when the model learns them itself (``latent``): the train stage
         writes them as a SID table artifact with its health report, as the tokenize stage does."""
         return None

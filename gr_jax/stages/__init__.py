@@ -17,8 +17,8 @@ configured stage reads must be made by an earlier configured stage or be on disk
 run stops naming the stage that makes it. A run holds the workdir's lock and records itself in
 ``WORKDIR/runs.jsonl`` (``run_record``); the train stage keeps the config it trained with in
 ``WORKDIR/train/config.json``. Each stage also writes ``WORKDIR/<stage>/summary.json``. A model
-that learns its items' SIDs itself (``item_sids``: the latent model) gets them written by the train
-stage as the tokenize stage writes its own: ``WORKDIR/train/{sid_table.*,index.json,health.*}``.
+that learns its items' SIDs itself (``learned_sid_table``: the latent model) gets them written by
+the train stage as the tokenize stage writes its own: ``WORKDIR/train/{sid_table.*,index.json,health.*}``.
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def run_train(a: Artifacts) -> dict:
         summary["item_embeddings"] = a.path("train", "item_embeddings.npy")
         if is_primary():
             np.save(summary["item_embeddings"], np.asarray(vectors))
-    table = model.item_sids(a.params)
+    table = model.learned_sid_table(a.params)
     if table is not None and is_primary():  # residual codes of the item vectors
         from gr_jax.stages.tokenize import write_learned_sids
 

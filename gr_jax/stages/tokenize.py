@@ -209,7 +209,7 @@ def write_sids(table: SIDTable, report: health.HealthReport, out_dir: str, item_
 
 
 def write_learned_sids(table: SIDTable, vectors: np.ndarray, out_dir: str, item_keys: list[str]) -> dict:
-    """``write_sids`` for SIDs a model learned (``TrainableRecommender.item_sids``) by residual
+    """``write_sids`` for SIDs a model learned (``TrainableRecommender.learned_sid_table``) by residual
     quantization of its item ``vectors [N, E]`` with the table's codebooks; returns a summary."""
     energy = residual_energy(vectors, table.codes, np.stack(table.codebooks))
     report = health.compute_health(table.codes, table.codebook_sizes, residual_energy=energy,
