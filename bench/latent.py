@@ -1,7 +1,7 @@
 """End-to-end latent tokenization (``configs/latent.py``) against the two-stage systems, and with each
 part of its hierarchy-guarantee protocol turned off, on the synthetic data (or Scientific).
 
-    python bench/latent.py [--quick] [--variant scientific] [--epochs N] [--workdir runs/latent-bench]
+    python bench/latent.py [--quick] [--variant scientific] [--epochs N] [--features DIR] [--workdir runs/latent-bench]
                            [--runs latent,no_margin,...]
 
 Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete it to redo):
@@ -23,6 +23,11 @@ One JSON line per run: ``{"name": "retrieval", "run", "valid_ndcg@10", "test_rec
 + the last logged training diagnostics: "explained", "margin_satisfied", "agreement" [per level],
 "agreement_path", "user_perplexity"}`` and their hierarchy: ``"category_purity"`` per level (SID prefixes against
 the true category prefixes; the synthetic data's generating tree) and ``"category_purity_shuffled"`` (chance).
+
+The ablation runs (``latent`` and its variants) share one features stage (MiniLM text, the CF
+model): each links ``--features DIR`` when given (a features stage's output, e.g. of
+``configs/two_tower.py:scientific --config.stages=data,features``), else the features of an earlier
+ablation run in the same workdir; the features stage then reuses them when their config matches.
 
 ``--quick`` runs the ``:tiny`` variants for 1 epoch: a minute or two per run, for checking the
 script, not for numbers. ``--variant scientific`` runs every config's ``:scientific`` variant (the
@@ -83,6 +88,19 @@ def run_config(name: str, args):
     return config
 
 
+def shared_features(name: str, args) -> str | None:
+    """The features directory an ablation run links: ``--features``, else an earlier ablation run's."""
+    if name not in ABLATIONS:
+        return None
+    if args.features:
+        return args.features
+    for other in ABLATIONS:
+        path = os.path.join(args.workdir, other, "features")
+        if other != name and os.path.isfile(os.path.join(path, "cf_config.json")):
+            return path
+    return None
+
+
 def run(name: str, args) -> tuple[str, float]:
     workdir = os.path.join(args.workdir, name)
     done = os.path.join(workdir, "tokenize", "summary.json") if name == "rqkmeans" else \
@@ -93,6 +111,10 @@ def run(name: str, args) -> tuple[str, float]:
         for part in ("data", "features", "train"):
             if not os.path.exists(os.path.join(workdir, part)):
                 os.symlink(os.path.abspath(os.path.join(args.workdir, "latent", part)), os.path.join(workdir, part))
+    features = shared_features(name, args)
+    if features and not os.path.exists(os.path.join(workdir, "features")):
+        os.makedirs(workdir, exist_ok=True)
+        os.symlink(os.path.abspath(features), os.path.join(workdir, "features"))
     if not os.path.isfile(done):
         stages.run(run_config(name, args), workdir)
     return workdir, round(time.time() - tic, 1)
@@ -157,6 +179,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=":tiny variants, 1 epoch (checks the script)")
     parser.add_argument("--variant", default="", choices=("", "scientific"),
                         help="config variant of every run: '' (synthetic data) or 'scientific'")
+    parser.add_argument("--features", default="", help="features stage output the ablation runs link")
     parser.add_argument("--epochs", type=int, default=0, help="train every run for this many epochs (0: the configs')")
     args = parser.parse_args()
     names = [n for n in args.runs.split(",") if n]
