@@ -51,6 +51,7 @@ from bench.common import emit, load_config  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.tokenizers.prism_quantizer import category_purity, category_tags  # noqa: E402
 from gr_jax.tokenizers.sid_table import SIDTable  # noqa: E402
+from gr_jax.training.trainer import Preempted  # noqa: E402
 
 ABLATIONS = {"latent": {}, "no_residual_targets": {"residual_targets": False}, "no_margin": {"margin_weight": 0.0},
              "no_entropy": {"entropy_weight": 0.0}, "no_orthogonality": {"orthogonality_weight": 0.0},
@@ -88,17 +89,20 @@ def run_config(name: str, args):
     return config
 
 
-def shared_features(name: str, args) -> str | None:
-    """The features directory an ablation run links: ``--features``, else an earlier ablation run's."""
+def linked_parts(name: str, args) -> dict[str, str]:
+    """The workdir parts a run links instead of computing: ``latent_full_catalogue`` evaluates the
+    ``latent`` run's model; an ablation run takes ``--features``, else an earlier ablation run's."""
+    if name == "latent_full_catalogue":
+        return {part: os.path.join(args.workdir, "latent", part) for part in ("data", "features", "train")}
     if name not in ABLATIONS:
-        return None
+        return {}
     if args.features:
-        return args.features
+        return {"features": args.features}
     for other in ABLATIONS:
         path = os.path.join(args.workdir, other, "features")
         if other != name and os.path.isfile(os.path.join(path, "cf_config.json")):
-            return path
-    return None
+            return {"features": path}
+    return {}
 
 
 def run(name: str, args) -> tuple[str, float]:
@@ -106,15 +110,10 @@ def run(name: str, args) -> tuple[str, float]:
     done = os.path.join(workdir, "tokenize", "summary.json") if name == "rqkmeans" else \
         os.path.join(workdir, "eval", "metrics.json")
     tic = time.time()
-    if name == "latent_full_catalogue":  # the latent run's model, evaluated without its code index
-        os.makedirs(workdir, exist_ok=True)
-        for part in ("data", "features", "train"):
-            if not os.path.exists(os.path.join(workdir, part)):
-                os.symlink(os.path.abspath(os.path.join(args.workdir, "latent", part)), os.path.join(workdir, part))
-    features = shared_features(name, args)
-    if features and not os.path.exists(os.path.join(workdir, "features")):
-        os.makedirs(workdir, exist_ok=True)
-        os.symlink(os.path.abspath(features), os.path.join(workdir, "features"))
+    os.makedirs(workdir, exist_ok=True)
+    for part, source in linked_parts(name, args).items():
+        if not os.path.exists(os.path.join(workdir, part)):
+            os.symlink(os.path.abspath(source), os.path.join(workdir, part))
     if not os.path.isfile(done):
         stages.run(run_config(name, args), workdir)
     return workdir, round(time.time() - tic, 1)
@@ -186,8 +185,12 @@ def main() -> None:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-    for name in names:
-        report(name, *run(name, args), args)
+    try:
+        for name in names:
+            report(name, *run(name, args), args)
+    except Preempted as stop:  # the checkpoint is saved: the same command resumes the run
+        print(f"{stop}; run the same command to resume", file=sys.stderr)
+        sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":
