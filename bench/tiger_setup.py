@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +99,25 @@ def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, a
         batch["history_actions"] = jnp.asarray(rng.choice([1, 4], (batch_size, history)), jnp.int32)
         batch["target_action"] = jnp.asarray(rng.choice([1, 4], batch_size), jnp.int32)
     return batch
+
+
+def sequence_batch(path: str, batch_size: int, history: int, num_items: int, seed: int = 0) -> dict:
+    """A batch of training examples drawn from a ``{user: [item, ...]}`` JSON file: every prefix of a
+    user's sequence without its last two items (the valid and test targets) predicts the next item
+    from the newest ``history`` items before it (left-aligned, padded)."""
+    sequences = json.loads(Path(path).read_text())
+    examples = [(int(user), items[max(0, t - history):t], items[t])
+                for user, items in sequences.items() for t in range(1, len(items) - 2)]
+    top = max(max(h + [target]) for _, h, target in examples)
+    if top >= num_items:
+        raise ValueError(f"{path}: item id {top} is outside the model's {num_items} items")
+    chosen = np.random.default_rng(seed).choice(len(examples), batch_size, replace=False)
+    hist, mask = np.zeros((batch_size, history), np.int32), np.zeros((batch_size, history), bool)
+    for row, index in enumerate(chosen):
+        items = examples[index][1]
+        hist[row, :len(items)], mask[row, :len(items)] = items, True
+    return {"user": jnp.asarray([examples[i][0] for i in chosen], jnp.int32), "history": jnp.asarray(hist),
+            "history_mask": jnp.asarray(mask), "target": jnp.asarray([examples[i][2] for i in chosen], jnp.int32)}
 
 
 def compiled_flops(jitted, *args) -> float:

@@ -26,6 +26,9 @@ def model_config() -> ml_collections.ConfigDict:
     c.top_k = 2  # experts per token
     c.router_noise = True  # noisy top-k gating in training
     c.dsi_balance_weight = 0.01  # MoE load-balancing loss weight
+    # Fuse each distinct history item of a batch once (noise and dropout keyed by item, so the values
+    # equal fusing every slot, the False reference); a speed switch, not a model change.
+    c.dsi_per_item = True
     # SSA: predict each level's codebook vector from the decoder state (1 - cos loss).
     c.ssa = True
     c.ssa_weight = 5e-4  # gamma

@@ -1,4 +1,4 @@
-"""Hash dropout: the keep rate, independence across calls and sharding invariance."""
+"""Hash dropout: the keep rate, independence across calls, row keys and sharding invariance."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gr_jax.models.layers.dropout import Dropout, fmix32, hash_keep_mask
+from gr_jax.models.layers.dropout import Dropout, fmix32, hash_bits, hash_keep_mask
 from gr_jax.training import sharding
 
 
@@ -31,6 +31,17 @@ def test_masks_differ_across_keys_and_have_no_row_structure():
     assert 0.45 < (a != b).mean() < 0.55  # independent masks disagree half the time
     rows = a.mean(1)
     assert rows.std() < 0.05  # no row is systematically dropped
+
+
+def test_keyed_rows_draw_the_same_bits_wherever_they_sit():
+    keyed = np.asarray(hash_bits(jnp.uint32(3), (3, 4, 5), keys=jnp.array([7, 2, 7])))
+    np.testing.assert_array_equal(keyed[0], keyed[2])
+    assert (keyed[0] != keyed[1]).mean() > 0.9
+    # A row keyed k draws what row k of an unkeyed array draws (one key axis or two).
+    np.testing.assert_array_equal(keyed[0], np.asarray(hash_bits(jnp.uint32(3), (8, 4, 5)))[7])
+    grid = np.asarray(hash_bits(jnp.uint32(3), (2, 2, 5), keys=jnp.array([[14, 15], [7, 8]])))
+    rows = np.asarray(hash_bits(jnp.uint32(3), (30, 5)))
+    np.testing.assert_array_equal(grid.reshape(-1, 5), rows[[14, 15, 7, 8]])
 
 
 def test_mask_does_not_depend_on_sharding():

@@ -151,6 +151,46 @@ def test_ssa_predictor_conditions_each_level_on_the_previous_levels_prediction()
     assert np.all(changed[:, 0] == 0) and np.all(changed[:, 1] > 0) and np.all(changed[:, 2] > 0)
 
 
+def test_fusing_each_distinct_item_once_equals_fusing_every_slot_in_training():
+    """The per-item DSI path (distinct history items fused once, at one of two static row counts)
+    gives the per-slot reference's embeddings, balance statistics and gradients, noise and dropout
+    included."""
+    rng = np.random.default_rng(0)
+    codes = rng.permutation(np.stack(np.unravel_index(np.arange(512), (8, 8, 8)), 1))[:400]
+    table = SIDTable(codes, (8, 8, 8), codebooks=[rng.normal(size=(8, 6)) for _ in range(3)])
+    assert prism.distinct_buckets(96 * 5, table.num_items) == (256, 401)
+    few, many = batch(100, size=96, seed=1), batch(400, size=96, seed=2)  # distinct items: <= 101, > 256
+    assert len(np.unique(few["history"])) < 256 < len(np.unique(many["history"]))
+    probe = jax.random.normal(jax.random.PRNGKey(9), (96, 5, 3, 16))
+
+    def fused(model):
+        def loss(params, b, key):
+            inputs = model.inputs(b)
+            embeddings, state = model.module.apply(
+                {"params": params}, inputs["history_codes"], inputs["history_mask"], inputs["history_features"],
+                True, rngs={"dropout": key}, mutable=["intermediates"], method=prism.Prism.history_token_embeddings)
+            stats = {k: v[0] for k, v in state["intermediates"].items()}
+            return (embeddings * probe).sum() + stats.get("dsi_balance", 0.0), (embeddings, stats)
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+    for fusion, batches in (("moe", (few, many)), ("gate", (few,))):
+        slot, item = (recommender(table, dsi_fusion=fusion, dropout=0.3, dsi_per_item=per_item)
+                      for per_item in (False, True))
+        params = item.init(jax.random.PRNGKey(0), few)
+        slot_fused, item_fused = fused(slot), fused(item)
+        for b in batches:
+            (_, (embeddings_s, stats_s)), grads_s = slot_fused(params, b, jax.random.PRNGKey(5))
+            (_, (embeddings_i, stats_i)), grads_i = item_fused(params, b, jax.random.PRNGKey(5))
+            np.testing.assert_allclose(embeddings_i, embeddings_s, rtol=1e-5, atol=1e-5)
+            assert stats_s.keys() == stats_i.keys()
+            for name, value in stats_s.items():
+                np.testing.assert_allclose(stats_i[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+            for got, want in zip(jax.tree_util.tree_leaves(grads_i), jax.tree_util.tree_leaves(grads_s)):
+                np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())  # summation order
+            (_, (other, _)), _ = item_fused(params, b, jax.random.PRNGKey(6))  # live noise: another key, other values
+            assert np.abs(np.asarray(other - embeddings_i)).max() > 1e-3
+
+
 def test_prism_beam_search_equals_exhaustive_scoring_and_returns_only_valid_sids():
     table = sid_table(seed=1)
     model = recommender(table)  # DSI (MoE), SSA and ATS on

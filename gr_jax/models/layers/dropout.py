@@ -5,7 +5,9 @@
 each element's global linear index through a 32-bit integer finaliser (MurmurHash3's
 fmix32): a handful of integer ops per element instead of a full Threefry block, which on
 CPU halves the cost of a TIGER-size training step. The index is a global ``iota``, so
-masks do not depend on how the array is sharded.
+masks do not depend on how the array is sharded; with ``keys`` (one integer per row of the
+leading axes, e.g. an item id) it is ``key * row_size + index within the row``, so a row draws
+the same bits wherever it sits in the array.
 """
 
 from __future__ import annotations
@@ -31,19 +33,27 @@ def mix_keys(keys: jax.Array, seed: jax.Array) -> jax.Array:
     return fmix32(keys.astype(jnp.uint32) ^ fmix32(jnp.asarray(seed, jnp.uint32) + jnp.uint32(0x9E3779B9)))
 
 
-def hash_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 bits ``shape`` keyed by each element's global linear index (so sharding does not matter)."""
+def hash_bits(seed: jax.Array, shape: tuple[int, ...], keys: jax.Array | None = None) -> jax.Array:
+    """uint32 bits ``shape`` keyed by each element's global linear index (so sharding does not matter).
+
+    ``keys`` (integers of shape ``shape[:keys.ndim]``): index each row of the leading axes by its
+    key instead of its position, so equal keys draw equal bits.
+    """
+    lead = 0 if keys is None else keys.ndim
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
-    for axis in reversed(range(len(shape))):
+    for axis in reversed(range(lead, len(shape))):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
         stride *= shape[axis]
-    return mix_keys(index, seed)
+    if keys is None:
+        return mix_keys(index, seed)
+    rows = keys.astype(jnp.uint32).reshape(keys.shape + (1,) * (len(shape) - lead))
+    return mix_keys(index + rows * jnp.uint32(stride % 2**32), seed)
 
 
-def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-    """Boolean keep-mask with P(keep) = 1 - rate (to 2^-32), from a uint32 ``seed``."""
-    return hash_bits(seed, shape) >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, keys: jax.Array | None = None) -> jax.Array:
+    """Boolean keep-mask with P(keep) = 1 - rate (to 2^-32), from a uint32 ``seed`` (``keys``: ``hash_bits``)."""
+    return hash_bits(seed, shape, keys) >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
 
 
 class Dropout(nn.Module):
@@ -57,11 +67,16 @@ class Dropout(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool, keys: jax.Array | None = None,
+                 seed: jax.Array | None = None) -> jax.Array:
+        """``keys``: per-row keys of ``x``'s leading axes (``hash_bits``; ignored by ``threefry``);
+        ``seed``: a uint32 seed instead of a draw from the ``dropout`` RNG stream."""
         if deterministic or self.rate == 0.0:
             return x
         if self.impl == "threefry":
-            return nn.Dropout(self.rate)(x, deterministic=False)
-        seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
-        keep = hash_keep_mask(seed, x.shape, self.rate)
+            rng = None if seed is None else jax.random.PRNGKey(seed)
+            return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
+        if seed is None:
+            seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+        keep = hash_keep_mask(seed, x.shape, self.rate, keys)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
