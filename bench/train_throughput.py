@@ -23,8 +23,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import (build, build_gat, build_prism, random_batch, sequence_batch,  # noqa: E402
-                               time_train_steps)
+from bench.tiger_setup import build, build_gat, build_prism, random_batch, sequence_batch, time_train_steps  # noqa: E402
 from configs import tiger as tiger_config  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 

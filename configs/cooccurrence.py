@@ -20,4 +20,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.use_tiny(c)
     elif arg == "scientific":
         common.use_scientific(c)
+        # Selected on valid NDCG@10 over a 60-point grid (bench/tune_baselines.py; BENCHMARKS.md).
+        c.model.update(window=10, horizon=3, decay=0.3)
     return c
