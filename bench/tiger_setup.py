@@ -136,8 +136,9 @@ def compiled_flops(jitted, *args) -> float:
 
 def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
     """The trainer's jitted step on ``config``'s mesh: seconds per step (after two warm-up steps),
-    FLOPs per step (``compiled_flops``), seconds to set up and compile, whether the loss is finite,
-    and the final state."""
+    FLOPs per step (``compiled_flops``; ``flops_upper_bound``: the step holds a ``lax.switch``, for which
+    the cost analysis counts the costliest branch, so the count bounds what a step runs),
+    seconds to set up and compile, whether the loss is finite, and the final state."""
     from gr_jax.training import trainer
 
     with trainer.mesh_context(config) as mesh:
@@ -145,6 +146,7 @@ def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
         state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
         step = trainer.jit_train_step(model, optimizer, mesh, shardings)
         flops = compiled_flops(step, state, batch)
+        upper_bound = "stablehlo.case" in step.lower(state, batch).as_text()
         for _ in range(2):
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
@@ -153,7 +155,8 @@ def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
         for _ in range(steps):
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
-        return {"seconds": (time.perf_counter() - tic) / steps, "flops": flops, "compile_s": compile_s,
+        return {"seconds": (time.perf_counter() - tic) / steps, "flops": flops, "flops_upper_bound": upper_bound,
+                "compile_s": compile_s,
                 "finite": bool(metrics["finite"]), "state": state}
 
 

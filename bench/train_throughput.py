@@ -4,7 +4,9 @@
         [--batch_size 256] [--steps 20] [--histories ../shared/data/scientific/Scientific.inter.json]
 
 Prints one JSON line: examples/s, GFLOP per example (XLA cost analysis of the compiled
-step), achieved GFLOP/s, the fp32 matmul peak measured in the same process, and MFU.
+step; ``flops_upper_bound`` when the step branches, as PRISM's per-item fusion does: the count
+is then the costliest branch's), achieved GFLOP/s, the fp32 matmul peak measured in the same
+process, and MFU.
 The batch is random (every history full, items uniform) unless ``--histories`` names a
 ``{user: [item, ...]}`` JSON file: then its training examples (each prefix of a user's sequence
 without the last two items, the newest 20 items as history) give the histories and targets, so
@@ -75,6 +77,7 @@ def main():
           "examples_per_s": round(args.batch_size / seconds, 1),
           "gflop_per_example": round(flops / args.batch_size / 1e9, 3),
           "achieved_gflops": round(achieved, 1), "peak_gflops": round(peak, 1), "mfu": round(achieved / peak, 3),
+          "flops_upper_bound": run["flops_upper_bound"],  # true: so are achieved GFLOP/s and MFU
           "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()})
 
 
