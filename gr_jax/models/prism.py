@@ -48,6 +48,10 @@ Deviations, following ``SPEC.md`` section 3 where it differs from the official c
   initialisation gains are not reproduced (plain independent inits).
 - The balance statistics are taken over real history tokens only (the official code also
   counts padding).
+- The experts' two LayerNorms normalise the hidden units of all experts jointly
+  (``feature_axes=(-2, -1)``, per-expert scales); the official ``Expert`` has its own
+  LayerNorm each. Kept because the published numbers here were measured with it; sparse
+  top-k dispatch would need the per-expert form (BENCHMARKS.md, PRISM's CPU cost).
 """
 
 from __future__ import annotations
