@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import importlib
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.common import load_config, load_dataset
 from configs import gat as gat_config
 from configs import prism as prism_config
 from configs import sasrec as sasrec_config
 from configs import tiger as tiger_config
 from gr_jax.data.dataset import Interactions
+from gr_jax.data.pipeline import train_rows
+from gr_jax.data.splits import assemble_batch
 from gr_jax.models.crbr_recommender import CRBRRecommender
 from gr_jax.models.gat import GATRecommender
 from gr_jax.models.prism import PrismRecommender
@@ -101,33 +102,32 @@ def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, a
     return batch
 
 
-def sequence_batch(path: str, batch_size: int, history: int, num_items: int, seed: int = 0) -> dict:
-    """A batch of training examples drawn from a ``{user: [item, ...]}`` JSON file: every prefix of a
-    user's sequence without its last two items (the valid and test targets) predicts the next item
-    from the newest ``history`` items before it (left-aligned, padded)."""
-    sequences = json.loads(Path(path).read_text())
-    examples = [(int(user), items[max(0, t - history):t], items[t])
-                for user, items in sequences.items() for t in range(1, len(items) - 2)]
-    top = max(max(h + [target]) for _, h, target in examples)
-    if top >= num_items:
-        raise ValueError(f"{path}: item id {top} is outside the model's {num_items} items")
-    chosen = np.random.default_rng(seed).choice(len(examples), batch_size, replace=False)
-    hist, mask = np.zeros((batch_size, history), np.int32), np.zeros((batch_size, history), bool)
-    for row, index in enumerate(chosen):
-        items = examples[index][1]
-        hist[row, :len(items)], mask[row, :len(items)] = items, True
-    return {"user": jnp.asarray([examples[i][0] for i in chosen], jnp.int32), "history": jnp.asarray(hist),
-            "history_mask": jnp.asarray(mask), "target": jnp.asarray([examples[i][2] for i in chosen], jnp.int32)}
+def data_batch(spec: str, batch_size: int, num_items: int, seed: int = 0) -> dict:
+    """``batch_size`` training examples of a config's dataset (``'tiger:scientific'``), drawn at random
+    and assembled as the input pipeline does (``splits.assemble_batch``, the config's history length)."""
+    config = load_config(spec)
+    interactions = load_dataset(config).users
+    rows = train_rows(interactions)
+    chosen = rows[np.random.default_rng(seed).choice(len(rows), batch_size, replace=False)]
+    batch = assemble_batch(interactions, chosen, config.data.max_history)
+    if batch["target"].max() >= num_items or batch["history"].max() >= num_items:
+        raise ValueError(f"{spec}: its items outnumber the model's {num_items}")
+    return {k: jnp.asarray(batch[k]) for k in ("user", "history", "history_mask", "target")}
 
 
 def compiled_flops(jitted, *args) -> float:
-    """FLOPs of one call from XLA's cost analysis of the lowered HLO.
+    """FLOPs of one call from XLA's cost analysis of the lowered HLO (``lowered_flops``)."""
+    return lowered_flops(jitted.lower(*args))
+
+
+def lowered_flops(lowered) -> float:
+    """FLOPs of a lowered call from XLA's cost analysis.
 
     The pre-optimisation module is used because it is the same program on every backend: on
     CPU its count equals ``compile().cost_analysis()``, while on GPU the compiled module hides
     matmuls inside cuBLAS custom calls that the cost analysis does not count.
     """
-    cost = jitted.lower(*args).cost_analysis()
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     if not cost or "flops" not in cost:  # some backends (jax 0.11 GPU) give none: count on CPU instead
         return float("nan")
@@ -145,8 +145,8 @@ def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
         tic = time.perf_counter()
         state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
         step = trainer.jit_train_step(model, optimizer, mesh, shardings)
-        flops = compiled_flops(step, state, batch)
-        upper_bound = "stablehlo.case" in step.lower(state, batch).as_text()
+        lowered = step.lower(state, batch)
+        flops, upper_bound = lowered_flops(lowered), "stablehlo.case" in lowered.as_text()
         for _ in range(2):
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)

@@ -1,16 +1,15 @@
 """Training throughput and MFU of the TIGER- or PRISM-size model on Scientific shapes.
 
     python bench/train_throughput.py [--model prism [--set dsi_fusion=gate ...] | --model gat] [--item_level_history]
-        [--batch_size 256] [--steps 20] [--histories ../shared/data/scientific/Scientific.inter.json]
+        [--batch_size 256] [--steps 20] [--data tiger:scientific]
 
 Prints one JSON line: examples/s, GFLOP per example (XLA cost analysis of the compiled
 step; ``flops_upper_bound`` when the step branches, as PRISM's per-item fusion does: the count
 is then the costliest branch's), achieved GFLOP/s, the fp32 matmul peak measured in the same
 process, and MFU.
-The batch is random (every history full, items uniform) unless ``--histories`` names a
-``{user: [item, ...]}`` JSON file: then its training examples (each prefix of a user's sequence
-without the last two items, the newest 20 items as history) give the histories and targets, so
-padding and item popularity are the data's (PRISM's per-item fusion depends on both).
+The batch is random (every history full, items uniform) unless ``--data`` names a config whose
+dataset's training examples give it (assembled as the input pipeline does), so padding and item
+popularity are the data's (PRISM's per-item fusion depends on both).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
-from bench.tiger_setup import build, build_gat, build_prism, random_batch, sequence_batch, time_train_steps  # noqa: E402
+from bench.tiger_setup import build, build_gat, build_prism, data_batch, random_batch, time_train_steps  # noqa: E402
 from configs import tiger as tiger_config  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 
@@ -46,7 +45,8 @@ def main():
     parser.add_argument("--item_level_history", action="store_true")
     parser.add_argument("--dropout_impl", default="hash", choices=["hash", "threefry"])
     parser.add_argument("--model", default="tiger", choices=["tiger", "prism", "gat"])
-    parser.add_argument("--histories", help="a {user: [item, ...]} JSON file to draw the batch from (default: random)")
+    parser.add_argument("--data", help="draw the batch from this config's dataset, e.g. tiger:scientific "
+                        "(default: random)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="PRISM model-config override, e.g. dsi_fusion=gate or dsi=False (repeatable)")
     args = parser.parse_args()
@@ -60,8 +60,8 @@ def main():
     else:
         model = build(args.item_level_history, dropout_impl=args.dropout_impl)
     optimizer = make_optimizer(config.train, 10_000)
-    if args.histories:
-        batch = sequence_batch(args.histories, args.batch_size, args.history, len(model.codes))
+    if args.data:
+        batch = data_batch(args.data, args.batch_size, len(model.codes))
     else:
         batch = random_batch(args.batch_size, args.history, len(model.codes), actions=args.model == "gat")
     run = time_train_steps(model, optimizer, config, batch, args.steps)
@@ -69,7 +69,7 @@ def main():
     peak = matmul_peak_gflops()
     achieved = flops / seconds / 1e9
     emit({"name": "train_throughput", "model": args.model, "overrides": args.set,
-          "item_level_history": args.item_level_history, "histories": args.histories or "random",
+          "item_level_history": args.item_level_history, "data": args.data or "random",
           "valid_slots": int(batch["history_mask"].sum()),
           "distinct_history_items": len(set(batch["history"][batch["history_mask"]].tolist())),
           "dropout_impl": args.dropout_impl,

@@ -98,11 +98,15 @@ def run(args, family: str, name: str, overrides: dict, seed: int) -> dict:
     return record
 
 
+def score(record: dict) -> float:
+    """The selection criterion: validation NDCG@10."""
+    return record["valid_ndcg@10"]
+
+
 def tune(args, family: str) -> None:
     _, base, candidates = SEARCH[family]
     if args.quick:
         candidates = dict(list(candidates.items())[:2])
-    score = lambda record: record["valid_ndcg@10"]  # noqa: E731
     results = {"base": run(args, family, "base", base, seed=0)}
     for name, change in candidates.items():
         results[name] = run(args, family, name, base | change, seed=0)

@@ -398,8 +398,7 @@ class Prism(Tiger):
         The number of distinct items is data-dependent: the fusion runs at the smallest of a few
         static row counts (``distinct_buckets``) that holds them, picked by ``nn.switch``. Each
         branch is rematerialised: a differentiated switch would otherwise return (zero-filled)
-        residuals of every branch, the largest included, on every step (measured: 210 vs 279
-        examples/s on Scientific batches, ``bench/train_throughput.py --histories``).
+        residuals of every branch, the largest included, on every step.
         """
         num_items = tables["codes"].shape[0]
         flat = jnp.where(mask, items, num_items).reshape(-1)  # padding -> one sentinel value
