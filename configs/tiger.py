@@ -39,6 +39,11 @@ def model_config() -> ml_collections.ConfigDict:
     c.item_level_history = False  # True: one encoder vector per history item (sum of its code embeddings)
     c.beam_size = 20
     c.trie = "auto"  # constrained decoding tables: dense [L, prefixes, K] (small catalogues), compact O(L·SIDs) or auto
+    # Hybrid retrieval (LIGER-style, gr_jax.models.tiger.TigerRecommender); all off by default: TIGER as published.
+    c.item_id_input = False  # add a learned item-ID embedding to each history item's SID input
+    c.dense_weight = 0.0  # > 0: train a dense next-item head (full-softmax CE) with this loss weight
+    c.retrieval = "beam"  # beam | dense (the dense head over all items) | hybrid (beam ∪ dense top-W, fused score)
+    c.hybrid_gen_weight = 1.0  # hybrid score: log p_dense(item) + this · log p_gen(SID)
     c.vocab_multiple = 1  # pad the token table to a multiple of this; 128 splits it over any model axis up to 128
     common.add_precision(c)
     return c

@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("synthetic", "lcrec", "amazon"),
     "data.targets": ("all", "positive"),
     "model.trie": ("auto", "dense", "compact"),
+    "model.retrieval": ("beam", "dense", "hybrid"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,
@@ -72,7 +73,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "model.quantization_weight": (0.0, True), "model.reconstruction_weight": (0.0, True),
     "model.commitment_beta": (0.0, True), "model.assignment_temperature": (0.0, False),
     "model.gumbel_temperature": (0.0, False), "model.gumbel_temperature_min": (0.0, False),
-    "model.gumbel_decay_rate": (0.0, True),
+    "model.gumbel_decay_rate": (0.0, True), "model.dense_weight": (0.0, True), "model.hybrid_gen_weight": (0.0, True),
 }
 # The most each may take: ``(maximum, inclusive)``.
 MAXIMUMS: dict[str, tuple[float, bool]] = {

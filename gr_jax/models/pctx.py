@@ -78,6 +78,9 @@ class PctxRecommender(TigerRecommender):
         if not sids.personalized:
             raise ValueError("model 'pctx' needs personalized SIDs: set tokenizer.name='pctx' and run the tokenize "
                              "stage (configs/pctx.py does both)")
+        if model_config.get("dense_weight", 0.0) > 0:
+            raise ValueError("model.dense_weight: the dense head's item vectors need one SID per item, and Pctx's "
+                             "items have several; set model.dense_weight=0 and model.retrieval='beam'")
         super().__init__(model_config, sids, unroll_decoding=unroll_decoding)
         self.event_sid = jnp.asarray(sids.event_sid)
         self.item_sids = jnp.asarray(np.maximum(sids.item_sids, 0))

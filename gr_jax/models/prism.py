@@ -67,7 +67,7 @@ from gr_jax.decoding.trie import Trie
 from gr_jax.models.layers.dropout import Dropout, hash_bits, mix_keys
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.layers.t5 import T5Config
-from gr_jax.models.tiger import Tiger, TigerRecommender, token_nll
+from gr_jax.models.tiger import Tiger, TigerRecommender, hybrid_fields, token_nll
 from gr_jax.ops import l2_normalize, softmax
 from gr_jax.tokenizers.sid_table import SIDTable
 
@@ -466,7 +466,8 @@ class PrismRecommender(TigerRecommender):
                 raise ValueError("model.ssa needs the tokenizer's codebooks, and this SID table has none "
                                  "(e.g. an imported index.json); set model.ssa=False")
         t5 = from_config(T5Config, model_config, num_levels=sid_table.num_levels,
-                         codebook_size=max(sid_table.codebook_sizes))
+                         codebook_size=max(sid_table.codebook_sizes),
+                         **hybrid_fields(model_config, sid_table.num_items))
         module = from_config(Prism, model_config, config=t5, ssa_levels=0 if ssa_table is None else ssa_table.shape[0],
                              ssa_dim=32 if ssa_table is None else ssa_table.shape[2])
         super().__init__(model_config, sid_table, module, unroll_decoding)

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gr_jax.config_schema import check_choice
 from gr_jax.decoding.beam_search import BeamState, beam_search, trie_children
 from gr_jax.decoding.trie import TrieTables, build_trie, leaf_items
 from gr_jax.evaluation.metrics import expand_sid_ranking
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import from_config
-from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, KeyValues, RelativeBias, RMSNorm, T5Config
+from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, KeyValues, RelativeBias, RMSNorm, T5Config, dense_init
 from gr_jax.models.recommender import TrainableRecommender
 from gr_jax.tokenizers.sid_table import SIDTable
 
@@ -61,6 +62,13 @@ class Tiger(nn.Module):
         self.decoder_bias = RelativeBias(c.num_heads, bidirectional=False)
         self.encoder_norm, self.decoder_norm = RMSNorm(), RMSNorm()
         self.drop = Dropout(c.dropout, c.dropout_impl)
+        if c.num_items:
+            self.item_embed = nn.Embed(c.num_items, c.embed_dim, name="item_embed",
+                                       embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                                   ("vocab", "embed")))
+        if c.dense_head:
+            self.dense_query = nn.Dense(c.embed_dim, name="dense_query",
+                                        kernel_init=nn.with_logical_partitioning(dense_init, ("embed", None)))
 
     def code_tokens(self, codes: jax.Array) -> jax.Array:
         """Token ids of ``codes [..., L]``."""
@@ -75,11 +83,18 @@ class Tiger(nn.Module):
         del history_features, train
         return self.embed(jnp.where(history_mask[..., None], self.code_tokens(history_codes), PAD))
 
-    def encode(self, history_codes, history_mask, user, train: bool = False, history_features=None):
-        """Encoder states ``[B, T, d]`` and mask ``[B, T]`` for histories of SID codes ``[B, H, L]``."""
+    def encode(self, history_codes, history_mask, user, train: bool = False, history_features=None,
+               history_items=None):
+        """Encoder states ``[B, T, d]`` and mask ``[B, T]`` for histories of SID codes ``[B, H, L]``
+        (and their item ids ``[B, H]`` with ``item_id_input``: each item's ID embedding is added to
+        its vector, or to each of its code tokens)."""
         batch = history_codes.shape[0]
         user_tokens = hash_user(user, self.config.num_user_buckets)[:, None]
         codes = self.history_token_embeddings(history_codes, history_mask, history_features, train)
+        if self.config.item_id_input:
+            ids = self.item_embed(jnp.maximum(history_items, 0)) * history_mask[..., None]
+            codes = codes + (ids[:, :, None] / self.config.num_levels if self.config.item_level_history
+                             else ids[:, :, None])
         if self.config.item_level_history:
             history = codes.sum(-2) * history_mask[..., None]
         else:
@@ -126,12 +141,31 @@ class Tiger(nn.Module):
         """Training outputs besides the logits, from the final decoder states (PRISM's SSA predictions)."""
         del states, train
 
+    def item_vectors(self, item_codes):
+        """The dense head's item vectors ``[N, d]``: each item's summed code embeddings plus its ID
+        embedding, so items that share codes share most of their vector (the tail learns from its
+        neighbours) while the ID part tells them apart."""
+        return self.embed(self.code_tokens(item_codes)).sum(-2) + self.item_embed.embedding
+
+    def dense_logits(self, states, item_codes):
+        """Next-item logits ``[B, N]`` from the decoder's BOS state (the state that predicts the first code)."""
+        query = self.dense_query(states[:, 0])
+        return query @ self.item_vectors(item_codes).T * self.config.embed_dim ** -0.5
+
+    def dense_scores(self, encoded, mask, item_codes):
+        """Dense next-item log-probabilities ``[B, N]`` of encoded histories (float32)."""
+        bos_only = jnp.zeros((encoded.shape[0], self.config.num_levels), jnp.int32)  # position 0 sees BOS only
+        logits = self.dense_logits(self.decode_states(encoded, mask, bos_only), item_codes)
+        return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+
     def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
-                         history_features=None):
-        """(logits ``[B, L, K]``, ``auxiliary_outputs``) of a teacher-forced batch."""
-        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
+                         history_features=None, history_items=None, item_codes=None):
+        """(logits ``[B, L, K]``, ``auxiliary_outputs``, dense logits ``[B, N]`` or None) of a
+        teacher-forced batch; the dense logits need ``item_codes [N, L]`` and the dense head."""
+        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features, history_items)
         states = self.decode_states(encoded, mask, target_codes, train)
-        return self.code_logits(states), self.auxiliary_outputs(states, train)
+        dense = self.dense_logits(states, item_codes) if self.config.dense_head else None
+        return self.code_logits(states), self.auxiliary_outputs(states, train), dense
 
     def init_decoding(self, encoded, mask, beam_size: int):
         """Per-layer cross-attention memories (shared by the beams) and empty self-attention caches."""
@@ -157,8 +191,9 @@ class Tiger(nn.Module):
         logits = jnp.einsum("bwd,kd->bwk", h, jnp.take(self.code_table(), level, axis=0))
         return jax.nn.log_softmax(logits.astype(jnp.float32), -1), tuple(new_caches)
 
-    def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None):
-        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features)
+    def __call__(self, history_codes, history_mask, user, target_codes, train: bool = False, history_features=None,
+                 history_items=None):
+        encoded, mask = self.encode(history_codes, history_mask, user, train, history_features, history_items)
         return self.decode(encoded, mask, target_codes, train)
 
 
@@ -168,6 +203,18 @@ def token_nll(logits, target):
     return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
 
 
+def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> dict:
+    """The ``T5Config`` fields of the ID+SID inputs and the dense head, from ``model.item_id_input``,
+    ``model.dense_weight`` and ``model.retrieval``."""
+    check_choice("model.retrieval", model_config.get("retrieval", "beam"))
+    dense = model_config.get("dense_weight", 0.0) > 0
+    if model_config.get("retrieval", "beam") != "beam" and not dense:
+        raise ValueError(f"model.retrieval='{model_config.retrieval}' ranks with the dense head: set "
+                         f"model.dense_weight > 0 (e.g. 1.0) to train it, or model.retrieval='beam'")
+    item_ids = model_config.get("item_id_input", False)
+    return {"num_items": num_items if item_ids or dense else 0, "item_id_input": item_ids, "dense_head": dense}
+
+
 class TigerRecommender(TrainableRecommender):
     """TIGER over a ``SIDTable``: trained with teacher forcing, ranks by trie-constrained beam search.
 
@@ -175,13 +222,25 @@ class TigerRecommender(TrainableRecommender):
     PRISM passes its own). ``unroll_decoding``: unroll the beam search's depth loop (only to count
     FLOPs, see ``beam_search``). ``decode_temperatures`` ``[L, max_prefixes]``: per-prefix decoding
     temperatures (PRISM's ATS), None for plain decoding.
+
+    Hybrid retrieval (LIGER, Yang et al. 2024, in this codebase's form): ``model.item_id_input`` adds
+    item-ID embeddings to the SID inputs; ``model.dense_weight > 0`` trains a dense next-item head
+    (full-softmax cross-entropy over the catalogue, weighted into the loss); ``model.retrieval``
+    ranks by the beam (``beam``), by the dense head over all items (``dense``), or (``hybrid``) takes
+    the beam's items and the dense head's top ``beam_size`` and ranks their union by
+    ``log p_dense(item) + model.hybrid_gen_weight · log p_gen(SID)``, each candidate's SID scored
+    exactly by teacher forcing.
     """
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, module: Tiger | None = None,
                  unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None):
         codebook_size = max(sid_table.codebook_sizes)
         self.module = module or Tiger(from_config(T5Config, model_config, num_levels=sid_table.num_levels,
-                                                  codebook_size=codebook_size))
+                                                  codebook_size=codebook_size,
+                                                  **hybrid_fields(model_config, sid_table.num_items)))
+        self.dense_weight = model_config.get("dense_weight", 0.0)
+        self.retrieval = model_config.get("retrieval", "beam")
+        self.hybrid_gen_weight = model_config.get("hybrid_gen_weight", 1.0)
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         self.trie = build_trie(sid_table.codes, codebook_size, model_config.get("trie", "auto"))
         self.children = TrieTables.of(self.trie)
@@ -196,16 +255,24 @@ class TigerRecommender(TrainableRecommender):
 
     def inputs(self, batch: dict) -> dict:
         """Keyword inputs of ``Tiger.encode`` for a batch."""
-        return {"history_codes": self.codes[self.history_sids(batch)], "history_mask": batch["history_mask"],
-                "user": batch["user"]}
+        inputs = {"history_codes": self.codes[self.history_sids(batch)], "history_mask": batch["history_mask"],
+                  "user": batch["user"]}
+        if self.module.config.item_id_input:
+            inputs["history_items"] = batch["history"]
+        return inputs
 
     def example(self, batch: dict, rng: jax.Array) -> tuple[dict, jax.Array, jax.Array]:
         """(module inputs, target codes ``[B, L]``, dropout rng) of a training batch."""
         return self.inputs(batch), self.codes[batch["target"]], rng
 
+    def item_codes(self) -> jax.Array | None:
+        """Each item's SID ``[N, L]`` for the dense head's item vectors (a static table's rows are the items)."""
+        return self.codes if self.module.config.dense_head else None
+
     def init(self, rng: jax.Array, batch: dict):
         inputs, target, _ = self.example(batch, rng)
-        return self.module.init(rng, **inputs, target_codes=target, method=Tiger.training_outputs)["params"]
+        return self.module.init(rng, **inputs, target_codes=target, item_codes=self.item_codes(),
+                                method=Tiger.training_outputs)["params"]
 
     def objective(self, logits, auxiliary, intermediates: dict, target, batch: dict) -> tuple[jax.Array, dict]:
         """(loss, metrics) of the teacher-forced outputs: the summed code cross-entropy."""
@@ -215,31 +282,58 @@ class TigerRecommender(TrainableRecommender):
     def loss(self, params, batch: dict, rng: jax.Array, step=None):
         del step
         inputs, target, dropout_rng = self.example(batch, rng)
-        (logits, auxiliary), state = self.module.apply(
-            {"params": params}, **inputs, target_codes=target, train=True, rngs={"dropout": dropout_rng},
-            mutable=["intermediates"], method=Tiger.training_outputs)
-        return self.objective(logits, auxiliary, state.get("intermediates", {}), target, batch)
+        (logits, auxiliary, dense), state = self.module.apply(
+            {"params": params}, **inputs, target_codes=target, item_codes=self.item_codes(), train=True,
+            rngs={"dropout": dropout_rng}, mutable=["intermediates"], method=Tiger.training_outputs)
+        loss, metrics = self.objective(logits, auxiliary, state.get("intermediates", {}), target, batch)
+        if dense is not None:
+            dense_ce = token_nll(dense[:, None], batch["target"][:, None]).mean()
+            loss, metrics = loss + self.dense_weight * dense_ce, metrics | {"dense_ce": dense_ce}
+        return loss, metrics
 
-    def sequence_log_probs(self, params, batch: dict, codes: jax.Array) -> jax.Array:
-        """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference),
-        under the decoding temperatures when they are set, as the beam search scores them."""
-        logits = self.module.apply({"params": params}, **self.inputs(batch), target_codes=codes).astype(jnp.float32)
+    def sid_log_probs(self, logits: jax.Array, codes: jax.Array) -> jax.Array:
+        """Log-probability ``[...]`` of the SIDs ``codes [..., L]`` under their teacher-forced logits
+        ``[..., L, K]``, with the decoding temperatures when they are set, as the beam search scores them."""
+        logits = logits.astype(jnp.float32)
         if self.decode_temperatures is not None:
-            prefix, taus = jnp.zeros(codes.shape[0], jnp.int32), []
-            for level in range(codes.shape[1]):
+            prefix, taus = jnp.zeros(codes.shape[:-1], jnp.int32), []
+            for level in range(codes.shape[-1]):
                 taus.append(self.decode_temperatures[level][prefix])
-                prefix = jnp.maximum(self.children.child(level, prefix, codes[:, level]), 0)
-            logits = jax.nn.log_softmax(logits, -1) / jnp.stack(taus, 1)[..., None]
+                prefix = jnp.maximum(self.children.child(level, prefix, codes[..., level]), 0)
+            logits = jax.nn.log_softmax(logits, -1) / jnp.stack(taus, -1)[..., None]
         log_probs = jax.nn.log_softmax(logits, -1)
         return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0].sum(-1)
 
-    def search(self, params, inputs: dict, beam_size: int, tables: TrieTables | None = None) -> BeamState:
+    def sequence_log_probs(self, params, batch: dict, codes: jax.Array) -> jax.Array:
+        """Teacher-forced log-probability of the SIDs ``codes [B, L]`` (exhaustive-scoring reference)."""
+        return self.sid_log_probs(self.module.apply({"params": params}, **self.inputs(batch), target_codes=codes),
+                                  codes)
+
+    def candidate_log_probs(self, params, encoded, mask, codes: jax.Array) -> jax.Array:
+        """Log-probability ``[B, C]`` of each user's candidate SIDs ``codes [B, C, L]``, teacher-forced
+        through the decoding step (the cross-attention memory computed once per user, not per candidate)."""
+        variables = {"params": params}
+        memories, caches = self.module.apply(variables, encoded, mask, codes.shape[1], method=Tiger.init_decoding)
+        step_logits = []
+        for level in range(codes.shape[-1]):
+            previous = codes[..., level - 1] if level else jnp.full(codes.shape[:2], -1, jnp.int32)
+            log_probs, caches = self.module.apply(variables, memories, mask, caches, previous, level,
+                                                  method=Tiger.decode_step)
+            step_logits.append(log_probs)
+        return self.sid_log_probs(jnp.stack(step_logits, -2), codes)
+
+    def encode(self, params, inputs: dict) -> tuple[jax.Array, jax.Array]:
+        """Encoder states and mask of module ``inputs``."""
+        return self.module.apply({"params": params}, **inputs, method=Tiger.encode)
+
+    def search(self, params, inputs: dict, beam_size: int, tables: TrieTables | None = None,
+               encoded: tuple[jax.Array, jax.Array] | None = None) -> BeamState:
         """Trie-constrained beam search over the SID table from module ``inputs``; ``.results()`` gives
         (SID rows ``[B, W]``, scores ``[B, W]``), best first. ``tables``: the trie's tables as an
         argument (a large catalogue's, passed to the jitted function rather than closed over as a
-        constant); default the model's own."""
+        constant); default the model's own. ``encoded``: ``encode``'s result when the caller has it."""
         variables = {"params": params}
-        encoded, mask = self.module.apply(variables, **inputs, method=Tiger.encode)
+        encoded, mask = encoded or self.encode(params, inputs)
         memories, caches = self.module.apply(variables, encoded, mask, beam_size, method=Tiger.init_decoding)
 
         def step(caches, previous, level):
@@ -250,5 +344,21 @@ class TigerRecommender(TrainableRecommender):
                            beam_size, self.decode_temperatures, self.unroll_decoding)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:
-        sids, _ = self.search(params, self.inputs(batch), max(self.beam_size, k)).results()
-        return expand_sid_ranking(sids, self.leaf_items, k)
+        inputs = self.inputs(batch)
+        if self.retrieval == "beam":
+            sids, _ = self.search(params, inputs, max(self.beam_size, k)).results()
+            return expand_sid_ranking(sids, self.leaf_items, k)
+        encoded, mask = self.encode(params, inputs)
+        dense = self.module.apply({"params": params}, encoded, mask, self.codes, method=Tiger.dense_scores)
+        if self.retrieval == "dense":
+            return jax.lax.top_k(dense, k)[1]
+        width = max(self.beam_size, k)
+        sids, _ = self.search(params, inputs, width, encoded=(encoded, mask)).results()
+        beam_items = expand_sid_ranking(sids, self.leaf_items, width)
+        dense_items = jax.lax.top_k(dense, width)[1]
+        repeated = (dense_items[:, :, None] == beam_items[:, None, :]).any(-1)
+        items = jnp.concatenate([beam_items, jnp.where(repeated, -1, dense_items)], 1)  # [B, 2W], -1: none
+        generative = self.candidate_log_probs(params, encoded, mask, self.codes[jnp.maximum(items, 0)])
+        score = jnp.take_along_axis(dense, jnp.maximum(items, 0), 1) + self.hybrid_gen_weight * generative
+        top = jax.lax.top_k(jnp.where(items >= 0, score, -jnp.inf), k)[1]
+        return jnp.take_along_axis(items, top, 1)

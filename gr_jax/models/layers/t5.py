@@ -38,7 +38,16 @@ class T5Config(LayerConfig):
     num_encoder_layers: int = 4
     num_decoder_layers: int = 4
     item_level_history: bool = False  # True: one encoder vector per history item (sum of its code embeddings)
+    num_items: int = 0  # rows of the item-ID table (ID+SID inputs, the dense head); 0: no table
+    item_id_input: bool = False  # add each history item's ID embedding to its SID input (needs num_items)
+    dense_head: bool = False  # a dense next-item head on the decoder's BOS state (needs num_items)
     vocab_multiple: int = 1  # token table rows padded to a multiple of this (so `vocab` splits over the model axis)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.item_id_input or self.dense_head) and self.num_items < 1:
+            raise ValueError("item_id_input and dense_head need the item-ID table: set num_items "
+                             "(TigerRecommender does, from the SID table)")
 
 
 @flax.struct.dataclass

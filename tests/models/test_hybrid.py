@@ -1,0 +1,89 @@
+"""Hybrid generative + dense retrieval on TIGER's model (ID+SID inputs, the dense head, the fused ranking)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiger as tiger_config
+from gr_jax.models.tiger import Tiger, TigerRecommender
+from gr_jax.tokenizers.sid_table import SIDTable
+
+K = 4
+
+
+def tiger(codes, **knobs):
+    config = tiger_config.model_config()
+    config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
+                  head_dim=8, mlp_dim=32, dropout=0.0, **knobs)
+    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
+
+
+def catalog(n=30):
+    codes = np.unique(np.random.default_rng(0).integers(0, K, (n, 3)), axis=0)
+    return np.concatenate([codes, codes[:3]])  # items n..n+2 share their SID with items 0..2
+
+
+def batch(num_items, size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((size, 5), bool)
+    mask[0, :2] = False
+    return {"history": jnp.asarray(rng.integers(0, num_items, (size, 5)), jnp.int32),
+            "history_mask": jnp.asarray(mask), "user": jnp.arange(size, dtype=jnp.int32),
+            "target": jnp.asarray(rng.integers(0, num_items, size), jnp.int32)}
+
+
+def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(gen_weight=0.7):
+    codes = catalog()
+    num_items, num_sids = len(codes), len(np.unique(codes, axis=0))
+    model = tiger(codes, beam_size=num_sids, item_id_input=True, dense_weight=1.0, retrieval="hybrid",
+                  hybrid_gen_weight=gen_weight)
+    b = batch(num_items)
+    params = model.init(jax.random.PRNGKey(0), b)
+    params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    ranked = np.asarray(jax.jit(lambda p, x: model.topk(p, x, num_items))(params, b))
+    encoded, mask = model.encode(params, model.inputs(b))
+    dense = np.asarray(model.module.apply({"params": params}, encoded, mask, model.codes, method=Tiger.dense_scores))
+    for row in range(len(b["user"])):
+        single = {k: jnp.repeat(v[row:row + 1], num_items, axis=0) for k, v in b.items()}
+        generative = np.asarray(model.sequence_log_probs(params, single, model.codes))
+        fused = dense[row] + gen_weight * generative
+        np.testing.assert_array_equal(ranked[row], np.argsort(-fused, kind="stable"))
+
+
+def test_candidate_scores_through_the_decoding_step_equal_teacher_forced_scores():
+    codes = catalog()
+    model = tiger(codes, beam_size=5)
+    b = batch(len(codes))
+    params = model.init(jax.random.PRNGKey(0), b)
+    candidates = jnp.asarray(np.random.default_rng(2).integers(0, len(codes), (4, 6)))
+    encoded, mask = model.encode(params, model.inputs(b))
+    got = model.candidate_log_probs(params, encoded, mask, model.codes[candidates])
+    for c in range(candidates.shape[1]):
+        want = model.sequence_log_probs(params, b, model.codes[candidates[:, c]])
+        np.testing.assert_allclose(got[:, c], want, atol=1e-5)
+
+
+def test_item_ids_tell_apart_items_that_share_a_sid_and_the_dense_loss_trains_them():
+    codes = catalog()
+    b = batch(len(codes))
+    shift = len(codes) - 3  # item i + shift shares item i's SID for i < 3
+    twin = dict(b, history=jnp.where(b["history"] < 3, b["history"] + shift, b["history"]))
+    assert not np.array_equal(twin["history"], b["history"])
+    for item_ids in (False, True):
+        model = tiger(codes, beam_size=5, item_id_input=item_ids, dense_weight=0.5)
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), b))
+        same = np.allclose(model.encode(params, model.inputs(b))[0], model.encode(params, model.inputs(twin))[0])
+        assert same != item_ids
+        (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, b, jax.random.PRNGKey(3), 0)
+        plain, _ = TigerRecommender.objective(model, *model.module.apply(
+            {"params": params}, **model.inputs(b), target_codes=model.codes[b["target"]], item_codes=model.codes,
+            method=Tiger.training_outputs)[:2], {}, model.codes[b["target"]], b)
+        np.testing.assert_allclose(loss, plain + 0.5 * metrics["dense_ce"], rtol=1e-6)
+        assert np.abs(grads["item_embed"]["embedding"][b["target"]]).sum() > 0
+
+
+def test_dense_retrieval_needs_the_dense_head():
+    with pytest.raises(ValueError, match="model.dense_weight > 0"):
+        tiger(catalog(), beam_size=5, retrieval="hybrid")
