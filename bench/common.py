@@ -39,6 +39,20 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -
     return 2 * size**3 / best / 1e9
 
 
+RANKING_METRICS = [f"{split}_{m}@{k}" for split in ("valid", "test") for m in ("recall", "ndcg") for k in (5, 10)]
+
+
+def ranking_record(metrics_path: str) -> dict:
+    """Valid and test R@5/10, N@5/10 and test tail R@10 of an eval stage's ``metrics.json``, flat and rounded."""
+    metrics = json.load(open(metrics_path))
+    record = {}
+    for key in RANKING_METRICS:
+        split, metric = key.split("_", 1)
+        record[key] = round(metrics[split][metric], 4)
+    record["test_tail_recall@10"] = round(metrics["test/tail"]["recall@10"], 4)
+    return record
+
+
 def emit(record: dict) -> None:
     """Prints one JSON line (the benchmark's result)."""
     print(json.dumps(record, default=float), flush=True)

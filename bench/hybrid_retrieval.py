@@ -25,10 +25,9 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit  # noqa: E402
+from bench.common import emit, ranking_record  # noqa: E402
 from gr_jax import stages  # noqa: E402
 
-METRICS = [f"{split}_{m}@{k}" for split in ("valid", "test") for m in ("recall", "ndcg") for k in (5, 10)]
 LINKED = ("data", "features", "tokenize", "train")
 
 
@@ -61,13 +60,8 @@ def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight
         config.stages = "eval"
         config.model.retrieval, config.model.hybrid_gen_weight = retrieval, weight
         stages.run(config, workdir)
-    metrics = json.load(open(result))
     record = {"name": "retrieval_variant", "run": run, "variant": variant, "retrieval": retrieval,
-              "gen_weight": weight if retrieval == "hybrid" else None}
-    for key in METRICS:
-        split, metric = key.split("_", 1)
-        record[key] = round(metrics[split][metric], 4)
-    record["test_tail_recall@10"] = round(metrics["test/tail"]["recall@10"], 4)
+              "gen_weight": weight if retrieval == "hybrid" else None} | ranking_record(result)
     record["seconds"] = round(time.time() - tic, 1)
     emit(record)
     return record

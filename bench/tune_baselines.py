@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, load_config  # noqa: E402
+from bench.common import RANKING_METRICS, emit, load_config, ranking_record  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.training.trainer import Preempted  # noqa: E402
 
@@ -63,7 +62,6 @@ SEARCH = {
         if (w, h, d) != (3, 1, 0.5)}),  # the base
 }
 DETERMINISTIC = {"cooccurrence"}  # one seed is all there is
-METRICS = [f"{split}_{m}@{k}" for split in ("valid", "test") for m in ("recall", "ndcg") for k in (5, 10)]
 
 
 def set_overrides(config, overrides: dict) -> None:
@@ -87,12 +85,8 @@ def run(args, family: str, name: str, overrides: dict, seed: int) -> dict:
         set_overrides(config, overrides)
         config.seed = seed
         stages.run(config, workdir)
-    metrics = json.load(open(result_path))
     record = {"name": "baseline_run", "family": family, "run": name, "seed": seed, "overrides": overrides}
-    for key in METRICS:
-        split, metric = key.split("_", 1)
-        record[key] = round(metrics[split][metric], 4)
-    record["test_tail_recall@10"] = round(metrics["test/tail"]["recall@10"], 4)
+    record |= ranking_record(result_path)
     record["seconds"] = round(time.time() - tic, 1)
     emit(record)
     return record
@@ -128,7 +122,7 @@ def tune(args, family: str) -> None:
     records = [results[selected]] + [run(args, family, selected, overrides, seed) for seed in seeds]
     summary = {"name": "baseline_selected", "family": family, "run": selected, "overrides": overrides,
                "seeds": [r["seed"] for r in records]}
-    for key in METRICS + ["test_tail_recall@10"]:
+    for key in RANKING_METRICS + ["test_tail_recall@10"]:
         values = np.array([r[key] for r in records])
         summary[key] = round(float(values.mean()), 4)
         summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0

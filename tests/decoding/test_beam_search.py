@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
+from toy_data import catalog, history_batch
 
 from configs import tiger as tiger_config
 from gr_jax.decoding.beam_search import beam_search, trie_children
@@ -25,20 +26,6 @@ def tiger(codes, beam_size, trie="auto"):
     return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
 
 
-def catalog(seed=0, n=30):
-    codes = np.unique(np.random.default_rng(seed).integers(0, K, (n, 3)), axis=0)
-    return np.concatenate([codes, codes[:3]])  # three collisions
-
-
-def batch(num_items, size=4, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((size, 5), bool)
-    mask[0, :2] = False
-    return {"history": jnp.asarray(rng.integers(0, num_items, (size, 5)), jnp.int32),
-            "history_mask": jnp.asarray(mask), "user": jnp.arange(size, dtype=jnp.int32),
-            "target": jnp.zeros(size, jnp.int32)}
-
-
 def exhaustive(model, params, b, row):
     sid_codes = model.codes[model.trie.sid_items[:, 0]]
     single = {k: jnp.repeat(v[row:row + 1], len(sid_codes), axis=0) for k, v in b.items()}
@@ -50,7 +37,7 @@ def test_beam_search_equals_exhaustive_scoring_of_every_valid_sid(trie):
     codes = catalog()
     model = tiger(codes, beam_size=len(codes), trie=trie)
     assert model.trie.kind == trie
-    b = batch(len(codes))
+    b = history_batch(len(codes))
     params = model.init(jax.random.PRNGKey(0), b)
     sids, scores = jax.jit(lambda p, x: model.search(p, model.inputs(x), len(codes)).results())(params, b)
     num_sids = len(model.trie.sid_items)
@@ -94,7 +81,7 @@ def test_items_sharing_a_sid_are_all_returned_in_rank_order():
 def test_beam_search_on_a_sharded_mesh_matches_one_device():
     codes = catalog(seed=2)
     model = tiger(codes, beam_size=8)
-    b = batch(len(codes), size=8, seed=3)
+    b = history_batch(len(codes), size=8, seed=3)
     params = model.init(jax.random.PRNGKey(1), b)
     single = np.asarray(jax.jit(lambda p, x: model.topk(p, x, 10))(params, b))
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 4, "model": 2}))

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_data import catalog, history_batch
 
 from configs import tiger as tiger_config
 from gr_jax.models.tiger import Tiger, TigerRecommender
@@ -20,26 +21,13 @@ def tiger(codes, **knobs):
     return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
 
 
-def catalog(n=30):
-    codes = np.unique(np.random.default_rng(0).integers(0, K, (n, 3)), axis=0)
-    return np.concatenate([codes, codes[:3]])  # items n..n+2 share their SID with items 0..2
-
-
-def batch(num_items, size=4, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((size, 5), bool)
-    mask[0, :2] = False
-    return {"history": jnp.asarray(rng.integers(0, num_items, (size, 5)), jnp.int32),
-            "history_mask": jnp.asarray(mask), "user": jnp.arange(size, dtype=jnp.int32),
-            "target": jnp.asarray(rng.integers(0, num_items, size), jnp.int32)}
-
-
-def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(gen_weight=0.7):
+def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item():
+    gen_weight = 0.7
     codes = catalog()
     num_items, num_sids = len(codes), len(np.unique(codes, axis=0))
     model = tiger(codes, beam_size=num_sids, item_id_input=True, dense_weight=1.0, retrieval="hybrid",
                   hybrid_gen_weight=gen_weight)
-    b = batch(num_items)
+    b = history_batch(num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
     ranked = np.asarray(jax.jit(lambda p, x: model.topk(p, x, num_items))(params, b))
@@ -55,7 +43,7 @@ def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(ge
 def test_candidate_scores_through_the_decoding_step_equal_teacher_forced_scores():
     codes = catalog()
     model = tiger(codes, beam_size=5)
-    b = batch(len(codes))
+    b = history_batch(len(codes))
     params = model.init(jax.random.PRNGKey(0), b)
     candidates = jnp.asarray(np.random.default_rng(2).integers(0, len(codes), (4, 6)))
     encoded, mask = model.encode(params, model.inputs(b))
@@ -67,7 +55,7 @@ def test_candidate_scores_through_the_decoding_step_equal_teacher_forced_scores(
 
 def test_item_ids_tell_apart_items_that_share_a_sid_and_the_dense_loss_trains_them():
     codes = catalog()
-    b = batch(len(codes))
+    b = history_batch(len(codes))
     shift = len(codes) - 3  # item i + shift shares item i's SID for i < 3
     twin = dict(b, history=jnp.where(b["history"] < 3, b["history"] + shift, b["history"]))
     assert not np.array_equal(twin["history"], b["history"])

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from toy_data import history_batch
 
 from configs import prism as prism_config
 from gr_jax import stages
@@ -34,15 +35,6 @@ def sid_table(seed=0, n=30, with_dedup_digit=True):
         digit[-3:] = 1
         codes = np.concatenate([codes, digit[:, None]], 1)
     return SIDTable(codes, (K,) * codes.shape[1], codebooks=[rng.normal(size=(K, 6)) for _ in range(3)])
-
-
-def batch(num_items, size=4, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((size, 5), bool)
-    mask[0, :2] = False
-    return {"history": jnp.asarray(rng.integers(0, num_items, (size, 5)), jnp.int32),
-            "history_mask": jnp.asarray(mask), "user": jnp.arange(size, dtype=jnp.int32),
-            "target": jnp.asarray(rng.integers(0, num_items, size), jnp.int32)}
 
 
 def recommender(table, seed=0, **overrides):
@@ -112,7 +104,7 @@ def test_ats_temperature_follows_the_closed_form_of_each_prefix_child_count():
 def test_ats_divides_each_target_level_logits_by_its_temperature_in_the_training_loss():
     table = sid_table(with_dedup_digit=False)
     model = recommender(table, dsi=False, ssa=False, ats=True)
-    b = batch(table.num_items)
+    b = history_batch(table.num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     target = model.codes[b["target"]]
     logits = jax.jit(lambda p: model.module.apply({"params": p}, **model.inputs(b), target_codes=target))(params)
@@ -159,7 +151,8 @@ def test_fusing_each_distinct_item_once_equals_fusing_every_slot_in_training():
     codes = rng.permutation(np.stack(np.unravel_index(np.arange(512), (8, 8, 8)), 1))[:400]
     table = SIDTable(codes, (8, 8, 8), codebooks=[rng.normal(size=(8, 6)) for _ in range(3)])
     assert prism.distinct_buckets(96 * 5, table.num_items) == (256, 401)
-    few, many = batch(100, size=96, seed=1), batch(400, size=96, seed=2)  # distinct items: <= 101, > 256
+    # distinct items: <= 101, > 256
+    few, many = history_batch(100, size=96, seed=1), history_batch(400, size=96, seed=2)
     assert len(np.unique(few["history"])) < 256 < len(np.unique(many["history"]))
     probe = jax.random.normal(jax.random.PRNGKey(9), (96, 5, 3, 16))
 
@@ -195,7 +188,7 @@ def test_prism_beam_search_equals_exhaustive_scoring_and_returns_only_valid_sids
     table = sid_table(seed=1)
     model = recommender(table)  # DSI (MoE), SSA and ATS on
     num_sids = len(model.trie.sid_items)
-    b = batch(table.num_items)
+    b = history_batch(table.num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     sids, scores = jax.jit(lambda p, x: model.search(p, model.inputs(x), num_sids).results())(params, b)
     sid_codes = model.codes[model.trie.sid_items[:, 0]]
