@@ -1,16 +1,18 @@
 """Ranks with a trained TIGER/PRISM model's generative beam, its dense head, and their fusion, on
 validation and test, and selects the fusion weight on validation.
 
-    python bench/hybrid_retrieval.py --run runs/prism-hybrid-s0 [--weights 0,0.25,0.5,1,2]
+    python bench/hybrid_retrieval.py --run runs/prism-hybrid-s0[,runs/prism-hybrid-s1,...] [--weights 0,0.25,0.5,1,2]
 
-``--run`` is a finished run trained with ``model.dense_weight > 0`` (the dense head). Each variant
-is the eval stage of that run's config, with ``model.retrieval`` (and ``model.hybrid_gen_weight``)
-changed, in ``RUN/retrieval/<variant>`` (the run's own ``eval/metrics.json`` for the variant it was
-trained with; linking the run's data, features, SIDs and trained
-parameters; a variant whose ``eval/metrics.json`` exists is read, not rerun). One JSON line per
+``--run`` is one or more finished runs (e.g. one per seed), each trained with
+``model.dense_weight > 0`` (the dense head). Each variant is the eval stage of that run's config,
+with ``model.retrieval`` (and ``model.hybrid_gen_weight``) changed, in ``RUN/retrieval/<variant>``
+(the run's own ``eval/metrics.json`` for the variant it was trained with; linking the run's data,
+features, SIDs and trained parameters; a variant whose ``eval/metrics.json`` exists is read, not rerun).
+One JSON line per
 variant: ``{"name": "retrieval_variant", "run", "variant", "retrieval", "gen_weight", valid and
-test R@5/10 N@5/10, "test_tail_recall@10", "seconds"}``, then ``{"name": "retrieval_selected", ...}``:
-the hybrid weight with the best valid N@10 (test never consulted).
+test R@5/10 N@5/10, "test_tail_recall@10", "seconds"}``, then per variant ``{"name": "retrieval_mean",
+"variant", "runs", the mean and sample std of each metric over the runs}``, then ``{"name":
+"retrieval_selected", ...}``: the hybrid weight with the best mean valid N@10 (test never consulted).
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, ranking_record  # noqa: E402
+from bench.common import RANKING_METRICS, emit, ranking_record  # noqa: E402
 from gr_jax import stages  # noqa: E402
 
 LINKED = ("data", "features", "tokenize", "train")
 
 
 def run_config(run: str) -> ml_collections.ConfigDict:
-    """The config the run was started with (its last ``start`` record in ``runs.jsonl``)."""
-    starts = [json.loads(line) for line in open(os.path.join(run, "runs.jsonl"))]
-    starts = [row for row in starts if row.get("event") == "start"]
-    if not starts:
-        raise ValueError(f"{run}/runs.jsonl has no start record: is --run a gr_jax workdir?")
-    config = ml_collections.ConfigDict(starts[-1]["config"])
+    """The config the run trained with (``stages.training_config_path``)."""
+    with open(stages.training_config_path(run)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
     if config.model.get("dense_weight", 0.0) <= 0:
         raise ValueError(f"{run} was trained without the dense head (model.dense_weight=0): retrain with "
                          f"--config.model.dense_weight=1.0 to rank with it")
@@ -67,16 +67,33 @@ def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight
     return record
 
 
+def mean_record(records: list[dict]) -> dict:
+    """One variant over several runs (seeds): the mean and sample std of each metric."""
+    summary = {"name": "retrieval_mean", "variant": records[0]["variant"], "runs": [r["run"] for r in records]}
+    for key in RANKING_METRICS + ["test_tail_recall@10"]:
+        values = np.array([r[key] for r in records])
+        summary[key] = round(float(values.mean()), 4)
+        summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a finished run trained with model.dense_weight > 0")
+    parser.add_argument("--run", required=True, help="finished runs trained with model.dense_weight > 0, "
+                        "comma-separated (e.g. one per seed)")
     parser.add_argument("--weights", default="0,0.25,0.5,1,2", help="hybrid generative weights to try")
     args = parser.parse_args()
-    config = run_config(args.run)
-    evaluate(args.run, config, "beam", 0.0)
-    evaluate(args.run, config, "dense", 0.0)
-    hybrids = [evaluate(args.run, config, "hybrid", float(w)) for w in args.weights.split(",")]
-    best = max(hybrids, key=lambda r: r["valid_ndcg@10"])
+    variants = [("beam", 0.0), ("dense", 0.0)] + [("hybrid", float(w)) for w in args.weights.split(",")]
+    by_variant = {}
+    for run in args.run.split(","):
+        config = run_config(run)
+        for retrieval, weight in variants:
+            record = evaluate(run, config, retrieval, weight)
+            by_variant.setdefault(record["variant"], []).append(record)
+    means = [mean_record(records) for records in by_variant.values()]
+    for record in means:
+        emit(record)
+    best = max((r for r in means if r["variant"].startswith("hybrid")), key=lambda r: r["valid_ndcg@10"])
     emit(best | {"name": "retrieval_selected"})
 
 
