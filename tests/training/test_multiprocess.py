@@ -115,6 +115,9 @@ def test_shared_artifacts_are_written_once_by_process_0(runs):
     assert prepared == ["1.1.0"]  # no second (or half-written) copy
     with open(runs["multi"] / "runs.jsonl") as f:
         records = [json.loads(line) for line in f]
-    # the killed invocation's start, the rerun's start and end; all from process 0
-    assert [r["event"] for r in records] == ["start", "start", "end"], records
+    # the killed invocation's start, the rerun's start and end; all from process 0. Process 0 may
+    # notice its peer's death in the 2 s before its own kill and record an error end for that run.
+    events = [(r["event"], r.get("status")) for r in records]
+    assert events in ([("start", None), ("start", None), ("end", "ok")],
+                      [("start", None), ("end", "error"), ("start", None), ("end", "ok")]), records
     assert all(r["process_count"] == 2 for r in records)
