@@ -172,7 +172,7 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[Dataset, Grou
     latents = tree["node_centres"][item_leaf] + noise
     popularity = _zipf(config.num_items, config.zipf_exponent, rng_items)
     successors = _successors(config, item_nodes, popularity, rng_items)
-    affinity = -_squared_distances(tree["node_centres"], latents)  # [num_nodes, num_items]
+    affinity = Affinity(tree["node_centres"], latents)
     interests, weights = _user_interests(config, tree, item_nodes, rng_users)
     lengths = _lengths(config, rng_users)
     if config.exposure_log:
@@ -181,7 +181,7 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[Dataset, Grou
     else:
         events = _events(config, lengths, interests, weights, popularity, affinity, successors, rng_events)
     event_users = np.repeat(np.arange(config.num_users), lengths)
-    event_affinity = _event_affinity(affinity, interests[event_users], events["items"])
+    event_affinity = affinity.of_events(interests, event_users, events["items"])
     if config.exposure_log:
         events |= _responses(config, event_affinity, rng_events)
     else:
@@ -287,8 +287,40 @@ def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(pop / pop.sum())
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+# Entries of one [nodes, items] block of the affinity matrix (float64): 256 MB. Small catalogues
+# fit in one block; a 10M-item catalogue is processed a few nodes at a time.
+_BLOCK_ENTRIES = 2**25
+# Rows of per-event draws processed at once (their [rows, choices] weights), for the same reason.
+_EVENT_CHUNK = 2**22
+
+
+class Affinity:
+    """The ground-truth affinity ``-|centre(node) - latent(item)|²`` of every (node, item), computed
+    in blocks of nodes so that it never exists whole (``[num_nodes, num_items]`` is 8 GB at 10M
+    items); every block of a small catalogue is the whole matrix."""
+
+    def __init__(self, centres: np.ndarray, latents: np.ndarray):
+        self.centres, self.latents = centres, latents
+        self.latent_norms = (latents * latents).sum(1)  # once, not per block
+
+    def blocks(self):
+        """``(first node, [nodes, num_items] affinity)`` blocks covering every node, in order."""
+        step = max(1, _BLOCK_ENTRIES // len(self.latents))
+        for lo in range(0, len(self.centres), step):
+            centres = self.centres[lo:lo + step]
+            distances = (centres * centres).sum(1)[:, None] + self.latent_norms[None, :] - 2 * centres @ self.latents.T
+            yield lo, -np.maximum(distances, 0.0)
+
+    def of_events(self, interests: np.ndarray, event_users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Max affinity of each event's item over its user's interests (rows of node ids, -1 padded)."""
+        out = np.full(len(items), -np.inf, np.float32)
+        nodes = interests[event_users]
+        for lo, block in self.blocks():
+            for node in nodes.T:
+                here = np.flatnonzero((node >= lo) & (node < lo + len(block)))
+                # max commutes with the (monotone) float32 rounding: the same as rounding the max
+                out[here] = np.maximum(out[here], block[node[here] - lo, items[here]].astype(np.float32))
+        return out
 
 
 def _successors(config: SyntheticConfig, item_nodes: np.ndarray, popularity: np.ndarray,
@@ -303,6 +335,9 @@ def _successors(config: SyntheticConfig, item_nodes: np.ndarray, popularity: np.
         if m == 1:
             out[members] = members[0]
             continue
+        if m > _GUMBEL_GROUP:
+            out[members] = _successive_draws(config, members, item_nodes[members, -1], popularity[members], rng)
+            continue
         same_leaf = item_nodes[members, -1][:, None] == item_nodes[members, -1][None, :]
         keys = (np.log(np.where(same_leaf, config.successor_same_leaf, 1.0)) + rng.gumbel(size=(m, m))
                 + config.successor_popularity_weight * np.log(popularity[members])[None, :])
@@ -310,6 +345,34 @@ def _successors(config: SyntheticConfig, item_nodes: np.ndarray, popularity: np.
         order = np.argsort(-keys, axis=1)[:, :min(k, m - 1)]
         out[members] = members[order[:, np.arange(k) % order.shape[1]]]
     return out
+
+
+# Groups up to this size draw successors by Gumbel top-k over an [m, m] key matrix; larger ones
+# (a 10M-item catalogue has ~500k items per group) by successive draws, the same distribution.
+_GUMBEL_GROUP = 2048
+
+
+def _successive_draws(config: SyntheticConfig, members: np.ndarray, leaf: np.ndarray, popularity: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
+    """``num_successors`` distinct successors per member (never itself): sampling without
+    replacement ∝ ``successor_same_leaf^[same leaf] · popularity^successor_popularity_weight``, as
+    successive draws ∝ popularity, each kept with probability ``weight / max weight`` and redrawn
+    when rejected, a repeat or the member itself (what Gumbel top-k samples, in O(m) memory)."""
+    m, k = len(members), config.num_successors
+    cdf = np.cumsum(popularity.astype(np.float64) ** config.successor_popularity_weight)
+    boost = config.successor_same_leaf
+    chosen = np.full((m, k), -1, np.int64)
+    for slot in range(k):
+        pending = np.arange(m)
+        while len(pending):
+            draw = np.minimum(np.searchsorted(cdf, rng.random(len(pending)) * cdf[-1], side="right"), m - 1)
+            same_leaf = leaf[draw] == leaf[pending]
+            keep_prob = np.where(same_leaf, boost, 1.0) / max(boost, 1.0)
+            ok = (rng.random(len(pending)) < keep_prob) & (draw != pending)
+            ok &= ~(chosen[pending, :slot] == draw[:, None]).any(1)
+            chosen[pending[ok], slot] = draw[ok]
+            pending = pending[~ok]
+    return members[chosen].astype(np.int32)
 
 
 def _item_table(config: SyntheticConfig, tree: dict, item_nodes: np.ndarray, rng: np.random.Generator) -> ItemTable:
@@ -379,9 +442,12 @@ def _user_interests(config: SyntheticConfig, tree: dict, item_nodes: np.ndarray,
     counts_p = np.asarray(config.interest_count_probs, float)
     num = rng.choice(np.arange(1, max_k + 1), size=config.num_users, p=counts_p / counts_p.sum())
     num = np.minimum(num, int((node_prob > 0).sum()))
-    with np.errstate(divide="ignore"):
-        keys = np.log(node_prob) + rng.gumbel(size=(config.num_users, num_nodes))
-    top = np.argsort(-keys, axis=1)[:, :max_k]
+    top = np.empty((config.num_users, max_k), np.int64)
+    chunk = max(1, _BLOCK_ENTRIES // num_nodes)
+    for lo in range(0, config.num_users, chunk):  # chunked draws continue one stream: the same keys
+        with np.errstate(divide="ignore"):
+            keys = np.log(node_prob) + rng.gumbel(size=(min(chunk, config.num_users - lo), num_nodes))
+        top[lo:lo + chunk] = np.argsort(-keys, axis=1)[:, :max_k]
     mask = np.arange(max_k) < num[:, None]
     interests = np.where(mask, top, -1).astype(np.int32)
     weights = rng.gamma(1.0, size=(config.num_users, max_k)) * mask
@@ -396,13 +462,41 @@ def _lengths(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
 
 def _sample_rows(cdf: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One column per requested row, drawn from that row's (unnormalised) cumulative weights."""
+    return _search_rows(cdf, rows, rng.random(len(rows)))
+
+
+def _search_rows(cdf: np.ndarray, rows: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """The column of each of ``rows`` where its uniform draw falls in the row's cumulative weights."""
     flat = (cdf / cdf[:, -1:] + np.arange(len(cdf))[:, None]).ravel()
-    col = np.searchsorted(flat, rows + rng.random(len(rows)), side="right") - rows * cdf.shape[1]
+    col = np.searchsorted(flat, rows + uniform, side="right") - rows * cdf.shape[1]
     return np.clip(col, 0, cdf.shape[1] - 1)
 
 
+def _sample_each(weights_of, count: int, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row ``i < count`` from ``weights_of(slice)`` (the unnormalised ``[rows, choices]``
+    weights of those rows), a chunk of rows at a time; the same draws as one ``_sample_rows``."""
+    out = np.empty(count, np.int64)
+    for lo in range(0, count, _EVENT_CHUNK):
+        part = slice(lo, min(lo + _EVENT_CHUNK, count))
+        cdf = np.cumsum(weights_of(part), axis=1)
+        out[part] = _sample_rows(cdf, np.arange(len(cdf)), rng)
+    return out
+
+
+def _sample_preference(config: SyntheticConfig, popularity: np.ndarray, affinity: Affinity, nodes: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """An item per entry of ``nodes`` from the preference model of that interest node, one block of
+    nodes' cumulative weights at a time."""
+    uniform = rng.random(len(nodes))
+    items = np.zeros(len(nodes), np.int64)
+    for lo, block in affinity.blocks():
+        here = np.flatnonzero((nodes >= lo) & (nodes < lo + len(block)))
+        items[here] = _search_rows(_preference_cdf(config, popularity, block), nodes[here] - lo, uniform[here])
+    return items
+
+
 def _events(config: SyntheticConfig, lengths: np.ndarray, interests: np.ndarray, weights: np.ndarray,
-            popularity: np.ndarray, affinity: np.ndarray, successors: np.ndarray,
+            popularity: np.ndarray, affinity: Affinity, successors: np.ndarray,
             rng: np.random.Generator) -> dict:
     """Items, kinds and chosen interests of all events, flat in user order."""
     num_events = int(lengths.sum())
@@ -414,8 +508,8 @@ def _events(config: SyntheticConfig, lengths: np.ndarray, interests: np.ndarray,
     kind[u < config.p_noise] = EVENT_NOISE
     slot = _sample_rows(np.cumsum(weights, axis=1), user, rng)
     interest = np.where(kind == EVENT_PREFERENCE, interests[user, slot], -1).astype(np.int32)
-    item_cdf = _preference_cdf(config, popularity, affinity)
-    items = np.where(kind == EVENT_PREFERENCE, _sample_rows(item_cdf, np.maximum(interest, 0), rng),
+    items = np.where(kind == EVENT_PREFERENCE, _sample_preference(config, popularity, affinity, np.maximum(interest, 0),
+                                                                  rng),
                      rng.integers(len(popularity), size=num_events)).astype(np.int32)
     successor_slot = rng.integers(successors.shape[1], size=num_events)
     seq = np.flatnonzero(kind == EVENT_SEQUENTIAL)
@@ -427,13 +521,14 @@ def _events(config: SyntheticConfig, lengths: np.ndarray, interests: np.ndarray,
 
 
 def _preference_cdf(config: SyntheticConfig, popularity: np.ndarray, affinity: np.ndarray) -> np.ndarray:
-    """Unnormalised cumulative item weights ``[num_nodes, num_items]`` of the preference model."""
+    """Unnormalised cumulative item weights ``[nodes, num_items]`` of the preference model, given
+    those nodes' affinities."""
     logits = config.popularity_weight * np.log(popularity)[None, :] + affinity / config.temperature
     return np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
 
 
 def _exposures(config: SyntheticConfig, counts: np.ndarray, interests: np.ndarray, weights: np.ndarray,
-               popularity: np.ndarray, affinity: np.ndarray, rng: np.random.Generator) -> dict:
+               popularity: np.ndarray, affinity: Affinity, rng: np.random.Generator) -> dict:
     """Items the logging policy shows, flat in user order, and which policy source showed each."""
     n = int(counts.sum())
     user = np.repeat(np.arange(len(counts)), counts)
@@ -442,7 +537,7 @@ def _exposures(config: SyntheticConfig, counts: np.ndarray, interests: np.ndarra
     popular = np.searchsorted(np.cumsum(popularity) / popularity.sum(), rng.random(n), side="right")
     slot = _sample_rows(np.cumsum(weights, axis=1), user, rng)
     interest = interests[user, slot]
-    personalised = _sample_rows(_preference_cdf(config, popularity, affinity), interest, rng)
+    personalised = _sample_preference(config, popularity, affinity, interest, rng)
     uniform = rng.integers(len(popularity), size=n)
     items = np.choose(source, [popular.clip(0, len(popularity) - 1), personalised, uniform]).astype(np.int32)
     return {"items": items, "kind": (EXPOSURE_POPULAR + source).astype(np.int8),
@@ -467,23 +562,17 @@ def _responses(config: SyntheticConfig, event_affinity: np.ndarray, rng: np.rand
     bias = click_bias(engagement, config.click_slope, config.target_ctr)
     click_prob = 1.0 / (1.0 + np.exp(-(bias + config.click_slope * engagement)))
     clicked = rng.random(len(engagement)) < click_prob
-    deeper = np.exp(_ACTION_BASE[1:4] + _ACTION_SLOPE[1:4] * engagement[:, None])  # click, cart, buy
-    positive = 1 + _sample_rows(np.cumsum(deeper, axis=1), np.arange(len(deeper)), rng)
+    deeper = lambda rows: np.exp(_ACTION_BASE[1:4] + _ACTION_SLOPE[1:4] * engagement[rows, None])  # click, cart, buy
+    positive = 1 + _sample_each(deeper, len(engagement), rng)
     actions = np.where(clicked, positive, ACTIONS.index("skip")).astype(np.int8)
     return {"actions": actions, "click_prob": click_prob.astype(np.float32)}
 
 
-def _event_affinity(affinity: np.ndarray, event_interests: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Max affinity of each event's item over its user's interests (rows of node ids, -1 padded)."""
-    per_interest = affinity[np.maximum(event_interests, 0), items[:, None]]
-    return np.where(event_interests >= 0, per_interest, -np.inf).max(axis=1).astype(np.float32)
-
-
 def _actions(event_affinity: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """Action codes: engagement exp(affinity/scale) shifts mass from view/skip to cart/buy."""
-    engagement = np.exp(event_affinity / scale)[:, None]
-    probs = np.exp(_ACTION_BASE + _ACTION_SLOPE * engagement)
-    return _sample_rows(np.cumsum(probs, axis=1), np.arange(len(probs)), rng).astype(np.int8)
+    engagement = np.exp(event_affinity / scale)
+    probs = lambda rows: np.exp(_ACTION_BASE + _ACTION_SLOPE * engagement[rows, None])
+    return _sample_each(probs, len(engagement), rng).astype(np.int8)
 
 
 def _timestamps(config: SyntheticConfig, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -12,15 +12,18 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
 from gr_jax.data.dataset import Dataset, Interactions, ItemTable
 from gr_jax.data.sources import read_source, source_fingerprint
 
-_MISSING = -1  # stored in per-event fields a source does not provide
+# Stored dtype of each per-event field (a field a source does not provide is stored empty).
+_EVENT_DTYPES = {"items": np.int32, "actions": np.int32, "ratings": np.float32, "timestamps": np.int64}
 
 
 class GrDatasetConfig(tfds.core.BuilderConfig):
@@ -43,7 +46,6 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        seq = lambda dtype: tfds.features.Sequence(tfds.features.Scalar(dtype))
         return tfds.core.DatasetInfo(
             builder=self,
             description="gr_jax canonical dataset: item table and users' chronological events.",
@@ -56,15 +58,18 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
                 "brand": tfds.features.Text(),
                 "categories": tfds.features.Sequence(tfds.features.Text()),
                 "price": tfds.features.Scalar(np.float32),
-                "items": seq(np.int32),
-                "actions": seq(np.int32),
-                "ratings": seq(np.float32),
-                "timestamps": seq(np.int64),
+                # Per-event fields as 1-D tensors: the same stored bytes as Sequence(Scalar) (the
+                # dataset version is unchanged), encoded ~2x faster, which matters at 100M events.
+                **{name: tfds.features.Tensor(shape=(None,), dtype=dtype) for name, dtype in _EVENT_DTYPES.items()},
             }),
         )
 
     def _split_generators(self, dl_manager):
+        start = time.perf_counter()
         dataset = read_source(self.builder_config.data)
+        logging.info("Read %s in %.0f s: %d users, %d items, %d events; writing the ArrayRecord splits.",
+                     dataset.name, time.perf_counter() - start, dataset.num_users, dataset.num_items,
+                     len(dataset.users.items))
         self._report = dataset.report | {"name": dataset.name}
         return {"items": self._item_records(dataset.items), "users": self._user_records(dataset.users)}
 
@@ -73,7 +78,7 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
 
     @staticmethod
     def _empty_events() -> dict:
-        return {"items": [], "actions": [], "ratings": [], "timestamps": []}
+        return {name: np.zeros(0, dtype) for name, dtype in _EVENT_DTYPES.items()}
 
     def _item_records(self, items: ItemTable):
         price = items.price if items.price is not None else np.full(len(items), np.nan, np.float32)
@@ -85,10 +90,11 @@ class GrDataset(tfds.core.GeneratorBasedBuilder):
     def _user_records(self, users: Interactions):
         for u, key in enumerate(users.user_keys):
             lo, hi = users.offsets[u], users.offsets[u + 1]
-            events = lambda a, lo=lo, hi=hi: [] if a is None else a[lo:hi]
+            events = {name: np.zeros(0, dtype) if getattr(users, name) is None
+                      else getattr(users, name)[lo:hi].astype(dtype, copy=False)
+                      for name, dtype in _EVENT_DTYPES.items()}
             yield u, {"key": key, "title": "", "description": "", "brand": "", "categories": [],
-                      "price": np.nan, "items": users.items[lo:hi], "actions": events(users.actions),
-                      "ratings": events(users.ratings), "timestamps": events(users.timestamps)}
+                      "price": np.nan} | events
 
 
 def builder_for(data: ml_collections.ConfigDict, data_dir: str) -> GrDataset:
@@ -114,30 +120,74 @@ def build(data: ml_collections.ConfigDict, data_dir: str) -> GrDataset:
     return builder
 
 
-def _texts(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+# Records decoded at a time while loading: a 10M-item table is never held as 10M record dicts.
+LOAD_CHUNK = 65536
+
+
+def _chunks(source, what: str):
+    """``source``'s records a chunk at a time as ``tf.train.Example`` feature maps, logging progress
+    on a large split. The stored protos are parsed directly (~4 µs a record) rather than through
+    the features' per-field NumPy decoding (~100 µs), which would take half an hour for a 10M-item,
+    100M-event dataset; ``tests/data/test_tfds_builder.py`` checks both read the same values."""
+    raw, total = source.data_source, len(source)
+    for start in range(0, total, LOAD_CHUNK):
+        if start and start % (16 * LOAD_CHUNK) == 0:
+            logging.info("Loading %s: %d of %d records", what, start, total)
+        chunk = raw.__getitems__(list(range(start, min(start + LOAD_CHUNK, total))))
+        yield [tf_example_pb2.Example.FromString(record).features.feature for record in chunk]
+
+
+def _text(feature) -> str:
+    values = feature.bytes_list.value
+    return values[0].decode() if values else ""
+
+
+def _load_items(source) -> ItemTable:
+    columns = {name: [] for name in ("key", "title", "description", "brand", "categories")}
+    prices = []
+    for records in _chunks(source, "items"):
+        for name in ("key", "title", "description", "brand"):
+            columns[name] += [_text(r[name]) for r in records]
+        columns["categories"] += [tuple(v.decode() for v in r["categories"].bytes_list.value) for r in records]
+        prices.append(np.array([r["price"].float_list.value[0] for r in records], np.float32))
+    return ItemTable(keys=columns["key"], title=columns["title"], description=columns["description"],
+                     brand=columns["brand"], categories=columns["categories"],
+                     price=np.concatenate(prices) if prices else np.zeros(0, np.float32))
+
+
+def _load_users(source) -> Interactions:
+    """Flat event arrays built a chunk of users at a time (no per-user array outlives its chunk).
+    A per-event field is kept when every user has one value per event and some user has any."""
+    dtypes = {"items": np.int32, "actions": np.int8, "ratings": np.float32, "timestamps": np.int64}
+    keys, lengths, flat = [], [], {name: [] for name in dtypes}
+    complete = dict.fromkeys(("actions", "ratings", "timestamps"), True)
+    for records in _chunks(source, "users"):
+        keys += [_text(r["key"]) for r in records]
+        sizes = np.array([len(r["items"].int64_list.value) for r in records], np.int64)
+        lengths.append(sizes)
+        for name, dtype in dtypes.items():
+            if name != "items" and not complete[name]:
+                continue
+            kind = "float_list" if name == "ratings" else "int64_list"
+            values = [getattr(r[name], kind).value for r in records]
+            if name != "items" and any(len(v) != n for v, n in zip(values, sizes)):
+                complete[name] = False
+                continue
+            flat[name].append(np.fromiter((x for v in values for x in v), dtype, int(sizes.sum())))
+    joined = {name: np.concatenate(parts) if parts else np.zeros(0, dtypes[name]) for name, parts in flat.items()}
+    per_event = {name: joined[name] for name in complete if complete[name] and len(joined[name])}
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    return Interactions(keys, np.concatenate([[0], np.cumsum(lengths)]), joined["items"], **per_event)
 
 
 def load(builder: GrDataset) -> Dataset:
-    """Reads both splits back through ``tfds.data_source`` into a canonical ``Dataset``."""
+    """Reads both splits back through ``tfds.data_source`` into a canonical ``Dataset``, a chunk of
+    records at a time (progress logged)."""
     items_src = builder.as_data_source(split="items")
     users_src = builder.as_data_source(split="users")
     logging.info("Loading %d items and %d users from %s", len(items_src), len(users_src), builder.data_dir)
-    item_records = items_src.__getitems__(range(len(items_src)))
-    user_records = users_src.__getitems__(range(len(users_src)))
-    text = lambda field: _texts(r[field] for r in item_records)
-    items = ItemTable(
-        keys=text("key"), title=text("title"), description=text("description"), brand=text("brand"),
-        categories=[tuple(_texts(r["categories"])) for r in item_records],
-        price=np.array([r["price"] for r in item_records], np.float32))
-    per_event = {}
-    for field in ("actions", "ratings", "timestamps"):
-        values = [np.asarray(r[field]) for r in user_records]
-        if all(len(v) == len(r["items"]) for v, r in zip(values, user_records)) and any(len(v) for v in values):
-            per_event[field] = values
-    users = Interactions.from_lists(_texts(r["key"] for r in user_records),
-                                    [np.asarray(r["items"]) for r in user_records], **per_event)
-    users = users.with_targets(builder.builder_config.data.targets)
+    items = _load_items(items_src)
+    users = _load_users(users_src).with_targets(builder.builder_config.data.targets)
     report_path = os.path.join(builder.data_dir, "report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) else {}
     data = builder.builder_config.data

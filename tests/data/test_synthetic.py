@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from gr_jax.data import synthetic
 from gr_jax.data.dataset import ACTIONS, validate
 from gr_jax.data.errors import DataError
 from gr_jax.data.synthetic import (
@@ -155,6 +156,38 @@ def test_sequential_structure(default, event_users):
     assert np.all(truth.successors != np.arange(dataset.num_items)[:, None])
     leaf_parent = truth.item_category_ids[:, -2]
     assert np.all(leaf_parent[truth.successors] == leaf_parent[:, None])
+
+
+def test_blocked_generation_equals_one_block_and_large_groups_sample_successors_alike(monkeypatch):
+    """A 10M-item catalogue is generated a block of nodes / chunk of events at a time: the same data
+    as one block. Its ~500k-item groups draw successors by successive draws, not Gumbel top-k over
+    an [m, m] matrix: the same distribution (same-leaf share, popularity bias), distinct, never
+    the item itself, within the group."""
+    config = SyntheticConfig(num_users=300, num_items=2000, branching=(2, 2, 2), level_scales=(1.0, 0.6, 0.35))
+    whole, whole_truth = generate(config)
+    monkeypatch.setattr(synthetic, "_BLOCK_ENTRIES", 3000)
+    monkeypatch.setattr(synthetic, "_EVENT_CHUNK", 1000)
+    blocked, blocked_truth = generate(config)
+    np.testing.assert_array_equal(blocked.users.items, whole.users.items)
+    np.testing.assert_array_equal(blocked.users.actions, whole.users.actions)
+    np.testing.assert_array_equal(blocked_truth.event_affinity, whole_truth.event_affinity)
+    np.testing.assert_array_equal(blocked_truth.user_interests, whole_truth.user_interests)
+
+    monkeypatch.setattr(synthetic, "_GUMBEL_GROUP", 8)  # every 500-item group takes successive draws
+    _, drawn = generate(config)
+    leaf, group = drawn.item_category_ids[:, -1], drawn.item_category_ids[:, -2]
+    successors = drawn.successors
+    assert np.all(successors != np.arange(config.num_items)[:, None])
+    assert np.all(np.diff(np.sort(successors, axis=1), axis=1) > 0)  # distinct
+    assert np.all(group[successors] == group[:, None])
+    for truth in (whole_truth, drawn):
+        share = (truth.item_category_ids[truth.successors, -1] == truth.item_category_ids[:, -1:]).mean()
+        assert share == pytest.approx((whole_truth.item_category_ids[whole_truth.successors, -1]
+                                       == whole_truth.item_category_ids[:, -1:]).mean(), abs=0.03)
+        indegree = np.bincount(truth.successors.ravel(), minlength=config.num_items)
+        assert np.corrcoef(indegree, truth.popularity ** config.successor_popularity_weight)[0, 1] > 0.8
+    assert not np.array_equal(successors, whole_truth.successors)
+    assert leaf.max() == 7
 
 
 def test_latents_cluster_by_top_category(default):

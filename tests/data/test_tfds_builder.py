@@ -107,6 +107,29 @@ def test_load_equals_read_source(built):
         _assert_optional_equal(getattr(loaded.users, name), getattr(source.users, name), name)
 
 
+def test_load_in_small_chunks_equals_tfds_decoding(built, monkeypatch):
+    """``load`` parses the stored protos itself, a chunk at a time: the same values as the builder's
+    own feature decoding (``tfds.data_source``), whatever the chunk boundaries."""
+    _, builder, loaded, _ = built
+    monkeypatch.setattr(tfds_builder, "LOAD_CHUNK", 2)
+    chunked = tfds_builder.load(builder)
+    items = builder.as_data_source(split="items")
+    decoded = items.__getitems__(range(len(items)))
+    text = lambda field: [r[field].decode() for r in decoded]
+    for name in ("key", "title", "description", "brand"):
+        assert getattr(chunked.items, name if name != "key" else "keys") == text(name)
+    assert chunked.items.categories == [tuple(c.decode() for c in r["categories"]) for r in decoded]
+    np.testing.assert_array_equal(chunked.items.price, [r["price"] for r in decoded])
+    users = builder.as_data_source(split="users")
+    decoded = users.__getitems__(range(len(users)))
+    assert chunked.users.user_keys == [r["key"].decode() for r in decoded]
+    np.testing.assert_array_equal(chunked.users.items, np.concatenate([r["items"] for r in decoded]))
+    for name in ("actions", "ratings", "timestamps"):
+        stored = np.concatenate([r[name] for r in decoded])
+        _assert_optional_equal(getattr(chunked.users, name), stored if len(stored) else None, name)
+        _assert_optional_equal(getattr(chunked.users, name), getattr(loaded.users, name), name)
+
+
 def test_loaded_sequences_reference_the_same_items(built):
     # Order-independent: user key -> the item keys of its events, must survive the round trip.
     _, _, loaded, source = built
