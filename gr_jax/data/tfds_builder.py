@@ -8,15 +8,19 @@ record per item) and ``users`` (one record per user with the chronological event
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import sys
 import time
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 from tensorflow_datasets.proto import tf_example_pb2
 
 from gr_jax.data.dataset import Dataset, Interactions, ItemTable
@@ -105,13 +109,32 @@ def builder_for(data: ml_collections.ConfigDict, data_dir: str) -> GrDataset:
     return GrDataset(data_dir=data_dir, config=config, file_format="array_record")
 
 
+@contextlib.contextmanager
+def _splits_kept_in_memory():
+    """TFDS's writer spills a split of more than ``shuffle.MAX_MEM_BUFFER_SIZE`` (1 GB) to temporary
+    files through ``tf.io.gfile``, which needs TensorFlow, not a dependency here (a 10M-item table
+    failed with ModuleNotFoundError). Our splits keep their key order (``disable_shuffling``), so
+    the buffer only ever holds one split's serialized records: without TensorFlow the limit is
+    lifted while writing."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        yield
+        return
+    limit = tfds_shuffle.MAX_MEM_BUFFER_SIZE
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE = sys.maxsize
+    try:
+        yield
+    finally:
+        tfds_shuffle.MAX_MEM_BUFFER_SIZE = limit
+
+
 def build(data: ml_collections.ConfigDict, data_dir: str) -> GrDataset:
     """Writes the ArrayRecord dataset unless this source was already built under ``data_dir``."""
     builder = builder_for(data, data_dir)
     manual = data.dir if data.format != "synthetic" else None
     if manual:
         manual = os.path.abspath(manual)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    with _splits_kept_in_memory():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     report = getattr(builder, "_report", None)
     report_path = os.path.join(builder.data_dir, "report.json")
     if report is not None:  # freshly built: keep what the reader counted next to the records

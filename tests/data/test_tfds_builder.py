@@ -130,6 +130,20 @@ def test_load_in_small_chunks_equals_tfds_decoding(built, monkeypatch):
         _assert_optional_equal(getattr(chunked.users, name), getattr(loaded.users, name), name)
 
 
+def test_a_split_over_the_shuffle_buffer_builds_without_tensorflow(tmp_path, monkeypatch):
+    """TFDS spills a split over its in-memory buffer (1 GB) through tf.io.gfile, i.e. only with
+    TensorFlow; a 10M-item table crossed it. Here a 1 kB buffer stands in for it."""
+    from tensorflow_datasets.core import shuffle
+
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1024)
+    config = _tiny_synthetic()
+    loaded = tfds_builder.load(tfds_builder.build(config, str(tmp_path / "tfds")))
+    source = sources.read_source(config)
+    assert loaded.items.title == source.items.title
+    np.testing.assert_array_equal(loaded.users.items, source.users.items)
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 1024  # restored after the build
+
+
 def test_loaded_sequences_reference_the_same_items(built):
     # Order-independent: user key -> the item keys of its events, must survive the round trip.
     _, _, loaded, source = built
