@@ -149,9 +149,9 @@ LOAD_CHUNK = 65536
 
 def _chunks(source, what: str):
     """``source``'s records a chunk at a time as ``tf.train.Example`` feature maps, logging progress
-    on a large split. The stored protos are parsed directly (~4 µs a record) rather than through
-    the features' per-field NumPy decoding (~100 µs), which would take half an hour for a 10M-item,
-    100M-event dataset; ``tests/data/test_tfds_builder.py`` checks both read the same values."""
+    on a large split. The stored protos are parsed directly, not through the features' per-field
+    NumPy decoding, which is ~25x slower (BENCHMARKS.md, catalogue scale);
+    ``tests/data/test_tfds_builder.py`` checks both read the same values."""
     raw, total = source.data_source, len(source)
     for start in range(0, total, LOAD_CHUNK):
         if start and start % (16 * LOAD_CHUNK) == 0:
