@@ -53,6 +53,17 @@ def ranking_record(metrics_path: str) -> dict:
     return record
 
 
+def seed_summary(records: list[dict]) -> dict:
+    """The mean and sample std (0 for one record) of each ``ranking_record`` metric over ``records``
+    (one per seed), rounded as ``ranking_record`` rounds."""
+    summary = {}
+    for key in RANKING_METRICS + ["test_tail_recall@10"]:
+        values = np.array([r[key] for r in records])
+        summary[key] = round(float(values.mean()), 4)
+        summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+    return summary
+
+
 def emit(record: dict) -> None:
     """Prints one JSON line (the benchmark's result)."""
     print(json.dumps(record, default=float), flush=True)

@@ -8,9 +8,11 @@ about 13 events per user) at ``--items`` items and ``--users`` users, through th
 run does) and ``--epochs`` epochs of ``pipeline.train_dataset`` batches (TIGER's batch 256 and
 history 20, assembled in this process). Each phase runs in its own process, so its peak RSS is
 its own. One JSON line: ``{"name": "data_scale", "items", "users", "events", "train_examples",
-"build_s", "build_peak_rss_gb", "load_s", "load_peak_rss_gb", "pipeline_s",
-"pipeline_examples_per_s", "pipeline_peak_rss_gb", "report"}`` (``report``: the data stage's
-cleaning counts). A built dataset is reused (delete ``--workdir`` to rebuild).
+"build_s", "build_peak_rss_gb", "load_s", "load_peak_rss_gb", "tfds_decode_us_per_record",
+"proto_parse_us_per_record", "pipeline_s", "pipeline_examples_per_s", "pipeline_peak_rss_gb",
+"report"}`` (``report``: the data stage's cleaning counts; the two per-record times compare the
+loader's proto parse with TFDS's own decoding on the same user records). A built dataset is
+reused (delete ``--workdir`` to rebuild).
 """
 
 from __future__ import annotations
@@ -45,12 +47,29 @@ def build_phase(config, tfds_dir: str) -> dict:
     return {"build_s": time.perf_counter() - start, "build_peak_rss_gb": peak_rss_gb()}
 
 
-def load_and_pipeline_phase(config, tfds_dir: str, epochs: int) -> dict:
+def decode_us_per_record(builder, records: int = 20000) -> dict:
+    """Microseconds per user record: the loader's direct proto parse against TFDS's per-field
+    NumPy decoding (``tfds.data_source``), on the same first ``records`` records."""
+    source = builder.as_data_source(split="users")
+    keys = range(min(records, len(source)))
     start = time.perf_counter()
-    dataset = tfds_builder.load(tfds_builder.builder_for(config.data, tfds_dir))
+    source.__getitems__(keys)
+    tfds_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    next(tfds_builder.record_chunks(source, "users"))  # the loader's parse of one chunk
+    parse_seconds = time.perf_counter() - start
+    parsed = min(tfds_builder.LOAD_CHUNK, len(source))
+    return {"tfds_decode_us_per_record": tfds_seconds / len(keys) * 1e6,
+            "proto_parse_us_per_record": parse_seconds / parsed * 1e6}
+
+
+def load_and_pipeline_phase(config, tfds_dir: str, epochs: int) -> dict:
+    builder = tfds_builder.builder_for(config.data, tfds_dir)
+    start = time.perf_counter()
+    dataset = tfds_builder.load(builder)
     stats = dataset.stats()
     out = {"load_s": time.perf_counter() - start, "load_peak_rss_gb": peak_rss_gb(),
-           "events": stats["num_events"], "report": dataset.report}
+           "events": stats["num_events"], "report": dataset.report} | decode_us_per_record(builder)
     start = time.perf_counter()
     rows = pipeline.train_rows(dataset.users)
     batches = pipeline.train_dataset(dataset.users, max_history=config.data.max_history,

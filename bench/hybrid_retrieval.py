@@ -24,11 +24,10 @@ import sys
 import time
 
 import ml_collections
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import RANKING_METRICS, emit, ranking_record  # noqa: E402
+from bench.common import emit, ranking_record, seed_summary  # noqa: E402
 from gr_jax import stages  # noqa: E402
 
 LINKED = ("data", "features", "tokenize", "train")
@@ -67,16 +66,6 @@ def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight
     return record
 
 
-def mean_record(records: list[dict]) -> dict:
-    """One variant over several runs (seeds): the mean and sample std of each metric."""
-    summary = {"name": "retrieval_mean", "variant": records[0]["variant"], "runs": [r["run"] for r in records]}
-    for key in RANKING_METRICS + ["test_tail_recall@10"]:
-        values = np.array([r[key] for r in records])
-        summary[key] = round(float(values.mean()), 4)
-        summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
-    return summary
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="finished runs trained with model.dense_weight > 0, "
@@ -90,7 +79,8 @@ def main():
         for retrieval, weight in variants:
             record = evaluate(run, config, retrieval, weight)
             by_variant.setdefault(record["variant"], []).append(record)
-    means = [mean_record(records) for records in by_variant.values()]
+    means = [{"name": "retrieval_mean", "variant": variant, "runs": [r["run"] for r in records]} | seed_summary(records)
+             for variant, records in by_variant.items()]
     for record in means:
         emit(record)
     best = max((r for r in means if r["variant"].startswith("hybrid")), key=lambda r: r["valid_ndcg@10"])

@@ -28,11 +28,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import RANKING_METRICS, emit, load_config, ranking_record  # noqa: E402
+from bench.common import emit, load_config, ranking_record, seed_summary  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.training.trainer import Preempted  # noqa: E402
 
@@ -120,13 +118,8 @@ def tune(args, family: str) -> None:
     overrides = results[selected]["overrides"]
     seeds = [] if family in DETERMINISTIC else [seed for seed in args.seeds if seed != 0]
     records = [results[selected]] + [run(args, family, selected, overrides, seed) for seed in seeds]
-    summary = {"name": "baseline_selected", "family": family, "run": selected, "overrides": overrides,
-               "seeds": [r["seed"] for r in records]}
-    for key in RANKING_METRICS + ["test_tail_recall@10"]:
-        values = np.array([r[key] for r in records])
-        summary[key] = round(float(values.mean()), 4)
-        summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
-    emit(summary)
+    emit({"name": "baseline_selected", "family": family, "run": selected, "overrides": overrides,
+          "seeds": [r["seed"] for r in records]} | seed_summary(records))
 
 
 def main():

@@ -147,10 +147,10 @@ def build(data: ml_collections.ConfigDict, data_dir: str) -> GrDataset:
 LOAD_CHUNK = 65536
 
 
-def _chunks(source, what: str):
+def record_chunks(source, what: str):
     """``source``'s records a chunk at a time as ``tf.train.Example`` feature maps, logging progress
     on a large split. The stored protos are parsed directly, not through the features' per-field
-    NumPy decoding, which is ~25x slower (BENCHMARKS.md, catalogue scale);
+    NumPy decoding, ~6x slower (``bench/data_scale.py`` times both);
     ``tests/data/test_tfds_builder.py`` checks both read the same values."""
     raw, total = source.data_source, len(source)
     for start in range(0, total, LOAD_CHUNK):
@@ -168,7 +168,7 @@ def _text(feature) -> str:
 def _load_items(source) -> ItemTable:
     columns = {name: [] for name in ("key", "title", "description", "brand", "categories")}
     prices = []
-    for records in _chunks(source, "items"):
+    for records in record_chunks(source, "items"):
         for name in ("key", "title", "description", "brand"):
             columns[name] += [_text(r[name]) for r in records]
         columns["categories"] += [tuple(v.decode() for v in r["categories"].bytes_list.value) for r in records]
@@ -184,7 +184,7 @@ def _load_users(source) -> Interactions:
     dtypes = {"items": np.int32, "actions": np.int8, "ratings": np.float32, "timestamps": np.int64}
     keys, lengths, flat = [], [], {name: [] for name in dtypes}
     complete = dict.fromkeys(("actions", "ratings", "timestamps"), True)
-    for records in _chunks(source, "users"):
+    for records in record_chunks(source, "users"):
         keys += [_text(r["key"]) for r in records]
         sizes = np.array([len(r["items"].int64_list.value) for r in records], np.int64)
         lengths.append(sizes)
@@ -195,10 +195,11 @@ def _load_users(source) -> Interactions:
             values = [getattr(r[name], kind).value for r in records]
             if name != "items" and any(len(v) != n for v, n in zip(values, sizes)):
                 complete[name] = False
+                del flat[name]
                 continue
             flat[name].append(np.fromiter((x for v in values for x in v), dtype, int(sizes.sum())))
     joined = {name: np.concatenate(parts) if parts else np.zeros(0, dtypes[name]) for name, parts in flat.items()}
-    per_event = {name: joined[name] for name in complete if complete[name] and len(joined[name])}
+    per_event = {name: joined[name] for name in complete if name in joined and len(joined[name])}
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     return Interactions(keys, np.concatenate([[0], np.cumsum(lengths)]), joined["items"], **per_event)
 
