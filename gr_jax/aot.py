@@ -78,7 +78,7 @@ def compile_for_topology(config, workdir: str, topology: str):
     steps = trainer.total_train_steps(config.train, trainer.steps_per_epoch(phases, config.train.batch_size))
     optimizer = make_optimizer(config.train, steps, getattr(model, "frozen", ()))
     mesh = sharding.make_mesh(config.mesh, devices)
-    with mesh, nn.logical_axis_rules(sharding.logical_rules(config)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
         example = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding.batch_sharding(mesh))
                    for k, v in batch.items()}
         state, shardings = trainer.abstract_state(model, optimizer, config, mesh, example)

@@ -131,7 +131,7 @@ def make_train_step(model: TrainableRecommender, optimizer: optax.GradientTransf
 def mesh_context(config: ml_collections.ConfigDict):
     """The config's device mesh with its logical axis rules active."""
     mesh = sharding.make_mesh(config.mesh)
-    with mesh, nn.logical_axis_rules(sharding.logical_rules(config)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config)):
         yield mesh
 
 

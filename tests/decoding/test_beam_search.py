@@ -86,7 +86,7 @@ def test_beam_search_on_a_sharded_mesh_matches_one_device():
     single = np.asarray(jax.jit(lambda p, x: model.topk(p, x, 10))(params, b))
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 4, "model": 2}))
     assert mesh.devices.size == 8
-    with mesh:
+    with jax.set_mesh(mesh):
         data = NamedSharding(mesh, PartitionSpec("data"))
         sharded = jax.jit(lambda p, x: model.topk(p, x, 10), in_shardings=(None, data))(params, b)
         assert len(sharded.sharding.device_set) > 1 or sharded.is_fully_replicated

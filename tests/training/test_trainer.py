@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -142,3 +143,14 @@ def test_model_vocab_multiple_pads_a_token_table_that_does_not_split_over_the_mo
     table = state.params["token_embed"]["embedding"]
     assert table.shape[0] == 120 and table.sharding.spec[0] == "model"
     assert bool(metrics["finite"])
+
+
+def test_mesh_context_applies_the_models_activation_sharding_constraints():
+    """Flax reads the mesh from ``jax.sharding.get_abstract_mesh()``; under the legacy ``with mesh:``
+    that is empty and every ``nn.with_logical_constraint`` is silently skipped."""
+    config = sasrec.get_config("tiny")
+    config.mesh.data, config.mesh.model = 4, 2
+    with trainer.mesh_context(config):
+        hlo = jax.jit(lambda x: nn.with_logical_constraint(x * 2, ("batch", "mlp"))).lower(
+            np.zeros((8, 4), np.float32)).as_text()
+    assert 'sharding_constraint %1 <@mesh, [{"data"}, {"model"}]>' in hlo

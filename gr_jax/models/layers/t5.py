@@ -105,10 +105,35 @@ class RMSNorm(nn.Module):
         return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps) * scale).astype(x.dtype)
 
 
+class Projection(nn.Module):
+    """Bias-free linear map of ``x``'s ``axes`` onto ``features``, its kernel partitioned by logical
+    ``names``: ``nn.DenseGeneral``'s parameter (name, shape, initial values) without its flaw of
+    applying ``names`` to the kernel while it is still flattened to 2-D, which fails once a mesh is set."""
+
+    features: tuple[int, ...]
+    axes: tuple[int, ...]
+    names: tuple[str | None, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        axes = tuple(axis % x.ndim for axis in self.axes)
+        in_shape = tuple(x.shape[axis] for axis in axes)
+
+        def init(rng, shape, dtype=jnp.float32):  # fan-in of the flattened kernel, as DenseGeneral's
+            return dense_init(rng, (math.prod(in_shape), math.prod(self.features)), dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), in_shape + self.features)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel)
+        return jax.lax.dot_general(x, kernel, ((axes, tuple(range(len(axes)))), ((), ())))
+
+
 def proj(features, axes, names, name):
-    """Bias-free ``DenseGeneral`` over ``axes`` with ``dense_init`` kernels partitioned by logical ``names``."""
-    return nn.DenseGeneral(features, axis=axes, use_bias=False, name=name,
-                           kernel_init=nn.with_logical_partitioning(dense_init, names))
+    """A ``Projection`` over ``axes`` (an int or tuple) onto ``features`` (an int or tuple)."""
+    return Projection(_as_tuple(features), _as_tuple(axes), tuple(names), name=name)
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def attend(q, k, v, bias, mask):
