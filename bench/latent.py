@@ -1,8 +1,8 @@
 """End-to-end latent tokenization (``configs/latent.py``) against the two-stage systems, and with each
 part of its hierarchy-guarantee protocol turned off, on the synthetic data (or Scientific).
 
-    python bench/latent.py [--quick] [--variant scientific] [--epochs N] [--features DIR] [--workdir runs/latent-bench]
-                           [--runs latent,no_margin,...]
+    python bench/latent.py [--quick] [--variant scientific] [--epochs N] [--seed S] [--features DIR]
+                           [--workdir runs/latent-bench] [--runs latent,no_margin,...]
 
 Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete it to redo):
 
@@ -14,11 +14,12 @@ Runs (each skipped when its workdir already holds ``eval/metrics.json``; delete 
   (``eval.index=scann``, exact on small catalogues): what the code beams' candidates lose;
 - ``crbr``: routing over fixed-size codebooks, exact retrieval (``configs/crbr.py``);
 - ``rqkmeans`` (tokenize only, 64 codes per level like ``latent``) then ``tiger_rqkmeans``: TIGER on
-  its SIDs (imported through ``index.json``), the two-stage pipeline;
+  its SIDs (imported through ``index.json``), the two-stage pipeline, with TIGER's CPU budget of one
+  encoder vector per history item;
 - ``tiger_latent``: TIGER on the SIDs the ``latent`` run learned (``train/index.json``).
 
 One JSON line per run: ``{"name": "retrieval", "run", "valid_ndcg@10", "test_recall@10", "test_ndcg@10",
-"seconds"}``, and for the runs with learned SIDs also ``{"name": "codes", "run", "unique_sids",
+"test_tail_recall@10", "seconds"}``, and for the runs with learned SIDs also ``{"name": "codes", "run", "unique_sids",
 "collision_rate", "max_items_per_sid", "item_perplexity" [per level], "energy_ratio" [per level],
 + the last logged training diagnostics: "explained", "margin_satisfied", "agreement" [per level],
 "agreement_path", "user_perplexity"}`` and their hierarchy: ``"category_purity"`` per level (SID prefixes against
@@ -73,7 +74,7 @@ def run_config(name: str, args):
         config.eval.index = "scann"  # the user vector against every item (exactly under scann.brute_force_below)
     elif name == "rqkmeans":
         config = load_config(f"rqkmeans:{variant or ''}")
-        config.tokenizer.rq_kmeans.codebook_size = 8 if args.quick else 64
+        config.tokenizer.rq_kmeans.update(codebook_size=8 if args.quick else 64, seed=args.seed)
         config.tokenizer.health.enforce = False  # its health report is part of the comparison
     elif name.startswith("tiger_"):
         config = load_config(f"tiger:{variant or ''}")
@@ -82,10 +83,14 @@ def run_config(name: str, args):
                                                                            "index.json"))
         config.tokenizer.health.enforce = False  # the imported SIDs' collisions are what is compared
         config.stages = "data,tokenize,train,eval"
+        # TIGER's CPU budget (as tiger.py:scientific): one encoder vector per history item, ~6x the
+        # examples/s of one token per code on these cores
+        config.model.item_level_history = True
     else:
         config = load_config(f"{name}:{variant or ''}")
     if args.quick or args.epochs:
         config.train.num_epochs = 1 if args.quick else args.epochs
+    config.seed = args.seed
     return config
 
 
@@ -154,7 +159,8 @@ def report(name: str, workdir: str, seconds: float, args) -> None:
     if name != "rqkmeans":
         metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
         emit({"name": "retrieval", "valid_ndcg@10": metrics["valid"]["ndcg@10"],
-              "test_recall@10": metrics["test"]["recall@10"], "test_ndcg@10": metrics["test"]["ndcg@10"]} | common)
+              "test_recall@10": metrics["test"]["recall@10"], "test_ndcg@10": metrics["test"]["ndcg@10"],
+              "test_tail_recall@10": metrics["test/tail"]["recall@10"]} | common)
     health_dir = os.path.join(workdir, "train" if name in ABLATIONS else "tokenize")
     if name in ABLATIONS or name == "rqkmeans":
         health = json.load(open(os.path.join(health_dir, "health.json")))
@@ -180,6 +186,8 @@ def main() -> None:
                         help="config variant of every run: '' (synthetic data) or 'scientific'")
     parser.add_argument("--features", default="", help="features stage output the ablation runs link")
     parser.add_argument("--epochs", type=int, default=0, help="train every run for this many epochs (0: the configs')")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="config.seed of every run (initialisation, batch order, CF features; not the data)")
     args = parser.parse_args()
     names = [n for n in args.runs.split(",") if n]
     unknown = [n for n in names if n not in RUNS]
