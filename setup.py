@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["gr_jax", "gr_jax.*", "configs"]),
     install_requires=[
-        "jax>=0.6",
+        "jax>=0.7.1",  # jax.set_mesh
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
