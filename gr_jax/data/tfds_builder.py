@@ -182,24 +182,20 @@ def _load_users(source) -> Interactions:
     """Flat event arrays built a chunk of users at a time (no per-user array outlives its chunk).
     A per-event field is kept when every user has one value per event and some user has any."""
     dtypes = {"items": np.int32, "actions": np.int8, "ratings": np.float32, "timestamps": np.int64}
-    keys, lengths, flat = [], [], {name: [] for name in dtypes}
-    complete = dict.fromkeys(("actions", "ratings", "timestamps"), True)
+    keys, lengths, flat = [], [], {name: [] for name in dtypes}  # an incomplete field leaves ``flat``
     for records in record_chunks(source, "users"):
         keys += [_text(r["key"]) for r in records]
         sizes = np.array([len(r["items"].int64_list.value) for r in records], np.int64)
         lengths.append(sizes)
-        for name, dtype in dtypes.items():
-            if name != "items" and not complete[name]:
-                continue
+        for name in list(flat):
             kind = "float_list" if name == "ratings" else "int64_list"
             values = [getattr(r[name], kind).value for r in records]
             if name != "items" and any(len(v) != n for v, n in zip(values, sizes)):
-                complete[name] = False
                 del flat[name]
                 continue
-            flat[name].append(np.fromiter((x for v in values for x in v), dtype, int(sizes.sum())))
+            flat[name].append(np.fromiter((x for v in values for x in v), dtypes[name], int(sizes.sum())))
     joined = {name: np.concatenate(parts) if parts else np.zeros(0, dtypes[name]) for name, parts in flat.items()}
-    per_event = {name: joined[name] for name in complete if name in joined and len(joined[name])}
+    per_event = {name: values for name, values in joined.items() if name != "items" and len(values)}
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     return Interactions(keys, np.concatenate([[0], np.cumsum(lengths)]), joined["items"], **per_event)
 
