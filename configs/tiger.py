@@ -42,6 +42,9 @@ def model_config() -> ml_collections.ConfigDict:
     # Hybrid retrieval (LIGER-style, gr_jax.models.tiger.TigerRecommender); all off by default: TIGER as published.
     c.item_id_input = False  # add a learned item-ID embedding to each history item's SID input
     c.dense_weight = 0.0  # > 0: train a dense next-item head (full-softmax CE) with this loss weight
+    # The dense head's item vectors: codes_id (summed code embeddings + an ID embedding) | text (the item's
+    # text embedding through a learned projection: LIGER's item side, for items with little history) | codes_id_text.
+    c.dense_item = "codes_id"
     c.retrieval = "beam"  # beam | dense (the dense head over all items) | hybrid (beam ∪ dense top-W, fused score)
     c.hybrid_gen_weight = 1.0  # hybrid score: log p_dense(item) + this · log p_gen(SID)
     c.vocab_multiple = 1  # pad the token table to a multiple of this; 128 splits it over any model axis up to 128

@@ -19,6 +19,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.targets": ("all", "positive"),
     "model.trie": ("auto", "dense", "compact"),
     "model.retrieval": ("beam", "dense", "hybrid"),
+    "model.dense_item": ("codes_id", "text", "codes_id_text"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,

@@ -443,10 +443,11 @@ class PrismRecommender(TigerRecommender):
     (training, and decoding with ``model.ats_at_inference``) and the SSA and MoE balance terms.
 
     ``sid_table``: a static ``SIDTable`` (codes; codebooks for SSA). ``text [N, F_t]`` / ``cf [N, F_c]``:
-    item content and collaborative embeddings (needed when ``model.dsi``).
+    item content and collaborative embeddings (needed when ``model.dsi``; ``text`` also by a dense head
+    over item text, ``model.dense_item``).
     """
 
-    float_tables = ("features", "ssa_codebooks")
+    float_tables = ("features", "ssa_codebooks", "item_text")
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, text=None, cf=None,
                  unroll_decoding: bool = False):
@@ -470,7 +471,7 @@ class PrismRecommender(TigerRecommender):
                          **hybrid_fields(model_config, sid_table.num_items))
         module = from_config(Prism, model_config, config=t5, ssa_levels=0 if ssa_table is None else ssa_table.shape[0],
                              ssa_dim=32 if ssa_table is None else ssa_table.shape[2])
-        super().__init__(model_config, sid_table, module, unroll_decoding)
+        super().__init__(model_config, sid_table, module, unroll_decoding, item_text=text if t5.dense_text else None)
         self.config = model_config
         self.features = features
         self.ssa_codebooks = None if ssa_table is None else jnp.asarray(ssa_table)

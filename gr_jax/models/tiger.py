@@ -69,6 +69,9 @@ class Tiger(nn.Module):
         if c.dense_head:
             self.dense_query = nn.Dense(c.embed_dim, name="dense_query",
                                         kernel_init=nn.with_logical_partitioning(dense_init, ("embed", None)))
+        if c.dense_text:
+            self.dense_text = nn.Dense(c.embed_dim, name="dense_text",
+                                       kernel_init=nn.with_logical_partitioning(dense_init, (None, "embed")))
 
     def code_tokens(self, codes: jax.Array) -> jax.Array:
         """Token ids of ``codes [..., L]``."""
@@ -141,30 +144,37 @@ class Tiger(nn.Module):
         """Training outputs besides the logits, from the final decoder states (PRISM's SSA predictions)."""
         del states, train
 
-    def item_vectors(self, item_codes):
-        """The dense head's item vectors ``[N, d]``: each item's summed code embeddings plus its ID
-        embedding, so items that share codes share most of their vector (the tail learns from its
-        neighbours) while the ID part tells them apart."""
-        return self.embed(self.code_tokens(item_codes)).sum(-2) + self.item_embed.embedding
+    def item_vectors(self, items: dict):
+        """The dense head's item vectors ``[N, d]`` from the catalogue's ``items`` (``codes [N, L]``,
+        ``text [N, F]``), as ``config.dense_item`` picks: summed code embeddings plus an ID embedding
+        (items that share codes share most of their vector, the ID part tells them apart), and/or the
+        projected text embedding (LIGER's item side: an item's vector needs no interactions of its own)."""
+        c = self.config
+        vectors = 0.0
+        if c.dense_ids:
+            vectors = self.embed(self.code_tokens(items["codes"])).sum(-2) + self.item_embed.embedding
+        if c.dense_text:
+            vectors = vectors + self.dense_text(items["text"])
+        return vectors
 
-    def dense_logits(self, states, item_codes):
+    def dense_logits(self, states, items: dict):
         """Next-item logits ``[B, N]`` from the decoder's BOS state (the state that predicts the first code)."""
         query = self.dense_query(states[:, 0])
-        return query @ self.item_vectors(item_codes).T * self.config.embed_dim ** -0.5
+        return query @ self.item_vectors(items).T * self.config.embed_dim ** -0.5
 
-    def dense_scores(self, encoded, mask, item_codes):
+    def dense_scores(self, encoded, mask, items: dict):
         """Dense next-item log-probabilities ``[B, N]`` of encoded histories (float32)."""
         bos_only = jnp.zeros((encoded.shape[0], self.config.num_levels), jnp.int32)  # position 0 sees BOS only
-        logits = self.dense_logits(self.decode_states(encoded, mask, bos_only), item_codes)
+        logits = self.dense_logits(self.decode_states(encoded, mask, bos_only), items)
         return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
     def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
-                         history_features=None, history_items=None, item_codes=None):
+                         history_features=None, history_items=None, dense_items=None):
         """(logits ``[B, L, K]``, ``auxiliary_outputs``, dense logits ``[B, N]`` or None) of a
-        teacher-forced batch; the dense logits need ``item_codes [N, L]`` and the dense head."""
+        teacher-forced batch; the dense logits need the catalogue's ``dense_items`` (``item_vectors``)."""
         encoded, mask = self.encode(history_codes, history_mask, user, train, history_features, history_items)
         states = self.decode_states(encoded, mask, target_codes, train)
-        dense = self.dense_logits(states, item_codes) if self.config.dense_head else None
+        dense = self.dense_logits(states, dense_items) if self.config.dense_head else None
         return self.code_logits(states), self.auxiliary_outputs(states, train), dense
 
     def init_decoding(self, encoded, mask, beam_size: int):
@@ -212,7 +222,10 @@ def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> di
         raise ValueError(f"model.retrieval='{model_config.retrieval}' ranks with the dense head: set "
                          f"model.dense_weight > 0 (e.g. 1.0) to train it, or model.retrieval='beam'")
     item_ids = model_config.get("item_id_input", False)
-    return {"num_items": num_items if item_ids or dense else 0, "item_id_input": item_ids, "dense_head": dense}
+    dense_item = model_config.get("dense_item", "codes_id")
+    check_choice("model.dense_item", dense_item)
+    return {"num_items": num_items if item_ids or (dense and "codes_id" in dense_item) else 0,
+            "item_id_input": item_ids, "dense_head": dense, "dense_item": dense_item}
 
 
 class TigerRecommender(TrainableRecommender):
@@ -221,7 +234,8 @@ class TigerRecommender(TrainableRecommender):
     ``module``: the ``Tiger`` to train (default: built from ``model_config`` and the table's sizes;
     PRISM passes its own). ``unroll_decoding``: unroll the beam search's depth loop (only to count
     FLOPs, see ``beam_search``). ``decode_temperatures`` ``[L, max_prefixes]``: per-prefix decoding
-    temperatures (PRISM's ATS), None for plain decoding.
+    temperatures (PRISM's ATS), None for plain decoding. ``item_text [N, F]``: the items' text
+    embeddings, for a dense head whose item vectors hold them (``model.dense_item``).
 
     Hybrid retrieval (LIGER, Yang et al. 2024, in this codebase's form): ``model.item_id_input`` adds
     item-ID embeddings to the SID inputs; ``model.dense_weight > 0`` trains a dense next-item head
@@ -232,8 +246,10 @@ class TigerRecommender(TrainableRecommender):
     exactly by teacher forcing.
     """
 
+    float_tables = ("item_text",)
+
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, module: Tiger | None = None,
-                 unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None):
+                 unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None, item_text=None):
         codebook_size = max(sid_table.codebook_sizes)
         self.module = module or Tiger(from_config(T5Config, model_config, num_levels=sid_table.num_levels,
                                                   codebook_size=codebook_size,
@@ -248,6 +264,15 @@ class TigerRecommender(TrainableRecommender):
         self.beam_size = model_config.beam_size
         self.unroll_decoding = unroll_decoding
         self.decode_temperatures = decode_temperatures
+        self.item_text = None
+        if self.module.config.dense_text:
+            if item_text is None:
+                raise ValueError(f"model.dense_item='{model_config.dense_item}' needs the items' text embeddings: "
+                                 f"PRISM passes its features (configs/prism.py, config.features.text); for TIGER "
+                                 f"set model.dense_item='codes_id'")
+            if len(item_text) != sid_table.num_items:
+                raise ValueError(f"{len(item_text)} item text embeddings for {sid_table.num_items} items")
+            self.item_text = jnp.asarray(item_text, jnp.float32)
 
     def history_sids(self, batch: dict) -> jax.Array:
         """SID rows ``[B, H]`` of the batch's history (a static table's row is the item)."""
@@ -265,13 +290,16 @@ class TigerRecommender(TrainableRecommender):
         """(module inputs, target codes ``[B, L]``, dropout rng) of a training batch."""
         return self.inputs(batch), self.codes[batch["target"]], rng
 
-    def item_codes(self) -> jax.Array | None:
-        """Each item's SID ``[N, L]`` for the dense head's item vectors (a static table's rows are the items)."""
-        return self.codes if self.module.config.dense_head else None
+    def dense_items(self) -> dict | None:
+        """The catalogue for the dense head's item vectors (``Tiger.item_vectors``): each item's SID
+        ``codes [N, L]`` (a static table's rows are the items) and its ``text [N, F]``; None without the head."""
+        if not self.module.config.dense_head:
+            return None
+        return {"codes": self.codes} | ({} if self.item_text is None else {"text": self.item_text})
 
     def init(self, rng: jax.Array, batch: dict):
         inputs, target, _ = self.example(batch, rng)
-        return self.module.init(rng, **inputs, target_codes=target, item_codes=self.item_codes(),
+        return self.module.init(rng, **inputs, target_codes=target, dense_items=self.dense_items(),
                                 method=Tiger.training_outputs)["params"]
 
     def objective(self, logits, auxiliary, intermediates: dict, target, batch: dict) -> tuple[jax.Array, dict]:
@@ -283,7 +311,7 @@ class TigerRecommender(TrainableRecommender):
         del step
         inputs, target, dropout_rng = self.example(batch, rng)
         (logits, auxiliary, dense), state = self.module.apply(
-            {"params": params}, **inputs, target_codes=target, item_codes=self.item_codes(), train=True,
+            {"params": params}, **inputs, target_codes=target, dense_items=self.dense_items(), train=True,
             rngs={"dropout": dropout_rng}, mutable=["intermediates"], method=Tiger.training_outputs)
         loss, metrics = self.objective(logits, auxiliary, state.get("intermediates", {}), target, batch)
         if dense is not None:
@@ -349,7 +377,7 @@ class TigerRecommender(TrainableRecommender):
             sids, _ = self.search(params, inputs, max(self.beam_size, k)).results()
             return expand_sid_ranking(sids, self.leaf_items, k)
         encoded, mask = self.encode(params, inputs)
-        dense = self.module.apply({"params": params}, encoded, mask, self.codes, method=Tiger.dense_scores)
+        dense = self.module.apply({"params": params}, encoded, mask, self.dense_items(), method=Tiger.dense_scores)
         if self.retrieval == "dense":
             return jax.lax.top_k(dense, k)[1]
         width = max(self.beam_size, k)

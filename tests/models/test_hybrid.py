@@ -14,25 +14,31 @@ from gr_jax.tokenizers.sid_table import SIDTable
 K = 4
 
 
-def tiger(codes, **knobs):
+def tiger(codes, item_text=None, **knobs):
     config = tiger_config.model_config()
     config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
                   head_dim=8, mlp_dim=32, dropout=0.0, **knobs)
-    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]))
+    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]), item_text=item_text)
 
 
-def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item():
+def item_text(num_items, dim=6):
+    return np.random.default_rng(5).normal(size=(num_items, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dense_item", ["codes_id", "codes_id_text"])
+def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(dense_item):
     gen_weight = 0.7
     codes = catalog()
     num_items, num_sids = len(codes), len(np.unique(codes, axis=0))
-    model = tiger(codes, beam_size=num_sids, item_id_input=True, dense_weight=1.0, retrieval="hybrid",
-                  hybrid_gen_weight=gen_weight)
+    model = tiger(codes, item_text(num_items), beam_size=num_sids, item_id_input=True, dense_weight=1.0,
+                  retrieval="hybrid", hybrid_gen_weight=gen_weight, dense_item=dense_item)
     b = history_batch(num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
     ranked = np.asarray(jax.jit(lambda p, x: model.topk(p, x, num_items))(params, b))
     encoded, mask = model.encode(params, model.inputs(b))
-    dense = np.asarray(model.module.apply({"params": params}, encoded, mask, model.codes, method=Tiger.dense_scores))
+    dense = np.asarray(model.module.apply({"params": params}, encoded, mask, model.dense_items(),
+                                            method=Tiger.dense_scores))
     for row in range(len(b["user"])):
         single = {k: jnp.repeat(v[row:row + 1], num_items, axis=0) for k, v in b.items()}
         generative = np.asarray(model.sequence_log_probs(params, single, model.codes))
@@ -66,7 +72,8 @@ def test_item_ids_tell_apart_items_that_share_a_sid_and_the_dense_loss_trains_th
         assert same != item_ids
         (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, b, jax.random.PRNGKey(3), 0)
         plain, _ = TigerRecommender.objective(model, *model.module.apply(
-            {"params": params}, **model.inputs(b), target_codes=model.codes[b["target"]], item_codes=model.codes,
+            {"params": params}, **model.inputs(b), target_codes=model.codes[b["target"]],
+            dense_items=model.dense_items(),
             method=Tiger.training_outputs)[:2], {}, model.codes[b["target"]], b)
         np.testing.assert_allclose(loss, plain + 0.5 * metrics["dense_ce"], rtol=1e-6)
         assert np.abs(grads["item_embed"]["embedding"][b["target"]]).sum() > 0
@@ -75,3 +82,28 @@ def test_item_ids_tell_apart_items_that_share_a_sid_and_the_dense_loss_trains_th
 def test_dense_retrieval_needs_the_dense_head():
     with pytest.raises(ValueError, match="model.dense_weight > 0"):
         tiger(catalog(), beam_size=5, retrieval="hybrid")
+
+
+def test_a_dense_head_over_item_text_scores_items_by_their_text_alone():
+    codes = catalog()
+    b = history_batch(len(codes))
+    text = item_text(len(codes))
+    text[7] = text[2]  # items 2 and 7: same text, different SIDs
+    assert not np.array_equal(codes[2], codes[7])
+    model = tiger(codes, text, beam_size=5, dense_weight=1.0, dense_item="text")
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), b))
+    assert "item_embed" not in params  # no ID table: neither item_id_input nor an ID part in the item vectors
+    encoded, mask = model.encode(params, model.inputs(b))
+    dense = np.asarray(model.module.apply({"params": params}, encoded, mask, model.dense_items(),
+                                          method=Tiger.dense_scores))
+    np.testing.assert_array_equal(dense[:, 2], dense[:, 7])
+    assert np.ptp(dense, axis=1).min() > 0
+    grads = jax.grad(lambda p: model.loss(p, b, jax.random.PRNGKey(3), 0)[0])(params)
+    assert np.abs(grads["dense_text"]["kernel"]).sum() > 0
+
+
+def test_a_dense_head_over_item_text_needs_the_text():
+    with pytest.raises(ValueError, match="needs the items' text embeddings"):
+        tiger(catalog(), beam_size=5, dense_weight=1.0, dense_item="text")
+    with pytest.raises(ValueError, match="model.dense_item"):
+        tiger(catalog(), item_text(len(catalog())), beam_size=5, dense_weight=1.0, dense_item="txt")

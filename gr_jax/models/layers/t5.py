@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import LayerConfig
 from gr_jax.ops import NEG_INF, softmax
@@ -40,14 +41,26 @@ class T5Config(LayerConfig):
     item_level_history: bool = False  # True: one encoder vector per history item (sum of its code embeddings)
     num_items: int = 0  # rows of the item-ID table (ID+SID inputs, the dense head); 0: no table
     item_id_input: bool = False  # add each history item's ID embedding to its SID input (needs num_items)
-    dense_head: bool = False  # a dense next-item head on the decoder's BOS state (needs num_items)
+    dense_head: bool = False  # a dense next-item head on the decoder's BOS state
+    dense_item: str = "codes_id"  # the dense head's item vectors: codes_id | text | codes_id_text (tiger.item_vectors)
     vocab_multiple: int = 1  # token table rows padded to a multiple of this (so `vocab` splits over the model axis)
 
     def __post_init__(self):
         super().__post_init__()
-        if (self.item_id_input or self.dense_head) and self.num_items < 1:
-            raise ValueError("item_id_input and dense_head need the item-ID table: set num_items "
+        check_choice("model.dense_item", self.dense_item)
+        if (self.item_id_input or self.dense_ids) and self.num_items < 1:
+            raise ValueError("item_id_input and a dense head over item IDs need the item-ID table: set num_items "
                              "(TigerRecommender does, from the SID table)")
+
+    @property
+    def dense_ids(self) -> bool:
+        """Whether the dense head's item vectors hold code and ID embeddings."""
+        return self.dense_head and "codes_id" in self.dense_item
+
+    @property
+    def dense_text(self) -> bool:
+        """Whether the dense head's item vectors hold the projected item text embedding."""
+        return self.dense_head and "text" in self.dense_item
 
 
 @flax.struct.dataclass
