@@ -45,6 +45,11 @@ def model_config() -> ml_collections.ConfigDict:
     # The dense head's item vectors: codes_id (summed code embeddings + an ID embedding) | text (the item's
     # text embedding through a learned projection: LIGER's item side, for items with little history) | codes_id_text.
     c.dense_item = "codes_id"
+    # The dense head's loss: softmax (cross-entropy over the whole catalogue, logits q·v/sqrt(d)) | infonce (cosine
+    # logits / dense_temperature against the batch's other targets, as the two-tower model trains; in-batch
+    # negatives are drawn by popularity, so popular items are pushed down more than by a full softmax).
+    c.dense_loss = "softmax"
+    c.dense_temperature = 0.05
     c.retrieval = "beam"  # beam | dense (the dense head over all items) | hybrid (beam ∪ dense top-W, fused score)
     c.hybrid_gen_weight = 1.0  # hybrid score: log p_dense(item) + this · log p_gen(SID)
     c.vocab_multiple = 1  # pad the token table to a multiple of this; 128 splits it over any model axis up to 128

@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.trie": ("auto", "dense", "compact"),
     "model.retrieval": ("beam", "dense", "hybrid"),
     "model.dense_item": ("codes_id", "text", "codes_id_text"),
+    "model.dense_loss": ("softmax", "infonce"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.index": ("exact", "scann"),
     "model.name": MODEL_NAMES,

@@ -21,6 +21,17 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def contrastive_nll(logits: jax.Array, column_items: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy of each row ``i`` of ``logits [B, C]`` (C >= B) against its column ``i``, the
+    columns holding items ``column_items [C]``; a column other than ``i`` that holds the row's own
+    target ``targets[i]`` is masked out (a false negative)."""
+    logits = logits.astype(jnp.float32)
+    own_column = jnp.arange(logits.shape[1])[None, :] == jnp.arange(len(targets))[:, None]
+    false_negative = (column_items[None, :] == targets[:, None]) & ~own_column
+    logits = jnp.where(false_negative, NEG_INF, logits)
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
+
+
 def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
     """Squared euclidean distances ``[N, K]`` between the rows of ``x [N, D]`` and ``y [K, D]``
     (full-precision matmul, so argmins agree on every backend; clipped at 0)."""

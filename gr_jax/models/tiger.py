@@ -31,6 +31,7 @@ from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.layers.t5 import DecoderLayer, EncoderLayer, KeyValues, RelativeBias, RMSNorm, T5Config, dense_init
 from gr_jax.models.recommender import TrainableRecommender
+from gr_jax.ops import contrastive_nll, l2_normalize
 from gr_jax.tokenizers.sid_table import SIDTable
 
 PAD, BOS, USER_OFFSET = 0, 1, 2
@@ -157,10 +158,17 @@ class Tiger(nn.Module):
             vectors = vectors + self.dense_text(items["text"])
         return vectors
 
-    def dense_logits(self, states, items: dict):
-        """Next-item logits ``[B, N]`` from the decoder's BOS state (the state that predicts the first code)."""
-        query = self.dense_query(states[:, 0])
-        return query @ self.item_vectors(items).T * self.config.embed_dim ** -0.5
+    def dense_logits(self, states, items: dict, targets=None):
+        """Next-item logits ``[B, N]`` from the decoder's BOS state (the state that predicts the first code):
+        ``q·v / sqrt(d)``, or with ``dense_loss='infonce'`` cosines over ``dense_temperature``. ``targets [C]``:
+        only those items' columns ``[B, C]``."""
+        c = self.config
+        query, vectors = self.dense_query(states[:, 0]), self.item_vectors(items)
+        if targets is not None:
+            vectors = vectors[targets]
+        if c.dense_loss == "infonce":
+            return l2_normalize(query) @ l2_normalize(vectors).T / c.dense_temperature
+        return query @ vectors.T * c.embed_dim ** -0.5
 
     def dense_scores(self, encoded, mask, items: dict):
         """Dense next-item log-probabilities ``[B, N]`` of encoded histories (float32)."""
@@ -169,12 +177,13 @@ class Tiger(nn.Module):
         return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
     def training_outputs(self, history_codes, history_mask, user, target_codes, train: bool = False,
-                         history_features=None, history_items=None, dense_items=None):
+                         history_features=None, history_items=None, dense_items=None, dense_targets=None):
         """(logits ``[B, L, K]``, ``auxiliary_outputs``, dense logits ``[B, N]`` or None) of a
-        teacher-forced batch; the dense logits need the catalogue's ``dense_items`` (``item_vectors``)."""
+        teacher-forced batch; the dense logits need the catalogue's ``dense_items`` (``item_vectors``);
+        with ``dense_targets [C]`` they cover only those items (``[B, C]``)."""
         encoded, mask = self.encode(history_codes, history_mask, user, train, history_features, history_items)
         states = self.decode_states(encoded, mask, target_codes, train)
-        dense = self.dense_logits(states, dense_items) if self.config.dense_head else None
+        dense = self.dense_logits(states, dense_items, dense_targets) if self.config.dense_head else None
         return self.code_logits(states), self.auxiliary_outputs(states, train), dense
 
     def init_decoding(self, encoded, mask, beam_size: int):
@@ -222,8 +231,7 @@ def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> di
         raise ValueError(f"model.retrieval='{model_config.retrieval}' ranks with the dense head: set "
                          f"model.dense_weight > 0 (e.g. 1.0) to train it, or model.retrieval='beam'")
     item_ids = model_config.get("item_id_input", False)
-    dense_item = model_config.get("dense_item", "codes_id")
-    check_choice("model.dense_item", dense_item)
+    dense_item = model_config.get("dense_item", "codes_id")  # checked by T5Config
     return {"num_items": num_items if item_ids or (dense and "codes_id" in dense_item) else 0,
             "item_id_input": item_ids, "dense_head": dense, "dense_item": dense_item}
 
@@ -310,12 +318,15 @@ class TigerRecommender(TrainableRecommender):
     def loss(self, params, batch: dict, rng: jax.Array, step=None):
         del step
         inputs, target, dropout_rng = self.example(batch, rng)
+        in_batch = self.module.config.dense_loss == "infonce"
         (logits, auxiliary, dense), state = self.module.apply(
-            {"params": params}, **inputs, target_codes=target, dense_items=self.dense_items(), train=True,
+            {"params": params}, **inputs, target_codes=target, dense_items=self.dense_items(),
+            dense_targets=batch["target"] if in_batch else None, train=True,
             rngs={"dropout": dropout_rng}, mutable=["intermediates"], method=Tiger.training_outputs)
         loss, metrics = self.objective(logits, auxiliary, state.get("intermediates", {}), target, batch)
         if dense is not None:
-            dense_ce = token_nll(dense[:, None], batch["target"][:, None]).mean()
+            dense_ce = (contrastive_nll(dense, batch["target"], batch["target"]) if in_batch
+                        else token_nll(dense[:, None], batch["target"][:, None]).mean())
             loss, metrics = loss + self.dense_weight * dense_ce, metrics | {"dense_ce": dense_ce}
         return loss, metrics
 

@@ -37,7 +37,7 @@ from gr_jax.models.layers.structs import from_config
 from gr_jax.models.recommender import IndexRetriever
 from gr_jax.models.sasrec import SelfAttentionBlock
 from gr_jax.models.user_tower import QFormer, QFormerConfig, QFormerUserTower
-from gr_jax.ops import NEG_INF, l2_normalize
+from gr_jax.ops import contrastive_nll, l2_normalize
 from gr_jax.retrieval.exact import exact_topk
 from gr_jax.retrieval.multi_query import retrieve
 
@@ -98,14 +98,9 @@ def info_nce_with_negatives(users, positives, negatives, targets, negative_ids, 
     """InfoNCE of unit users ``[B, E]`` against their positives ``[B, E]``; negatives: the other
     rows' positives and ``negatives [S, E]`` (items ``negative_ids [S]``). Columns whose item is
     the row's own target (other than the diagonal) are masked out."""
-    batch = users.shape[0]
     candidates = jnp.concatenate([positives, negatives], 0)
-    ids = jnp.concatenate([targets, negative_ids], 0)
     logits = (users @ candidates.T).astype(jnp.float32) / temperature  # [B, B + S]
-    column = jnp.arange(candidates.shape[0])
-    false_negative = (ids[None, :] == targets[:, None]) & (column[None, :] != jnp.arange(batch)[:, None])
-    logits = jnp.where(false_negative, NEG_INF, logits)
-    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
+    return contrastive_nll(logits, jnp.concatenate([targets, negative_ids], 0), targets)
 
 
 def with_values(boxed: dict, values: dict) -> dict:

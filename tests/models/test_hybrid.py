@@ -25,13 +25,13 @@ def item_text(num_items, dim=6):
     return np.random.default_rng(5).normal(size=(num_items, dim)).astype(np.float32)
 
 
-@pytest.mark.parametrize("dense_item", ["codes_id", "codes_id_text"])
-def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(dense_item):
+@pytest.mark.parametrize("dense_item,dense_loss", [("codes_id", "softmax"), ("codes_id_text", "infonce")])
+def test_hybrid_ranking_with_a_full_beam_equals_the_fused_score_of_every_item(dense_item, dense_loss):
     gen_weight = 0.7
     codes = catalog()
     num_items, num_sids = len(codes), len(np.unique(codes, axis=0))
     model = tiger(codes, item_text(num_items), beam_size=num_sids, item_id_input=True, dense_weight=1.0,
-                  retrieval="hybrid", hybrid_gen_weight=gen_weight, dense_item=dense_item)
+                  retrieval="hybrid", hybrid_gen_weight=gen_weight, dense_item=dense_item, dense_loss=dense_loss)
     b = history_batch(num_items)
     params = model.init(jax.random.PRNGKey(0), b)
     params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
@@ -100,6 +100,26 @@ def test_a_dense_head_over_item_text_scores_items_by_their_text_alone():
     assert np.ptp(dense, axis=1).min() > 0
     grads = jax.grad(lambda p: model.loss(p, b, jax.random.PRNGKey(3), 0)[0])(params)
     assert np.abs(grads["dense_text"]["kernel"]).sum() > 0
+
+
+def test_the_infonce_dense_loss_is_in_batch_cross_entropy_over_cosines_without_false_negatives():
+    codes = catalog()
+    b = history_batch(len(codes))
+    b["target"] = b["target"].at[1].set(b["target"][0])  # row 1's target is row 0's too: not a negative of either
+    temperature = 0.1
+    model = tiger(codes, beam_size=5, dense_weight=1.0, dense_loss="infonce", dense_temperature=temperature)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), b))
+    _, metrics = model.loss(params, b, jax.random.PRNGKey(3), 0)
+    states = model.module.apply({"params": params}, *model.encode(params, model.inputs(b)),
+                                model.codes[b["target"]], method=Tiger.decode_states)
+    query = np.asarray(params["dense_query"]["kernel"]).T @ np.asarray(states[:, 0]).T
+    query = (query.T + np.asarray(params["dense_query"]["bias"]))
+    items = np.asarray(model.module.apply({"params": params}, model.dense_items(), method=Tiger.item_vectors))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    logits = unit(query) @ unit(items[np.asarray(b["target"])]).T / temperature
+    logits[0, 1] = logits[1, 0] = -np.inf
+    want = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    np.testing.assert_allclose(metrics["dense_ce"], want, rtol=1e-5)
 
 
 def test_a_dense_head_over_item_text_needs_the_text():

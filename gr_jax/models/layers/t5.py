@@ -43,11 +43,14 @@ class T5Config(LayerConfig):
     item_id_input: bool = False  # add each history item's ID embedding to its SID input (needs num_items)
     dense_head: bool = False  # a dense next-item head on the decoder's BOS state
     dense_item: str = "codes_id"  # the dense head's item vectors: codes_id | text | codes_id_text (tiger.item_vectors)
+    dense_loss: str = "softmax"  # softmax (full-catalogue CE) | infonce (cosines, in-batch negatives: dense_logits)
+    dense_temperature: float = 0.05  # infonce: logits are cosines / this
     vocab_multiple: int = 1  # token table rows padded to a multiple of this (so `vocab` splits over the model axis)
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("model.dense_item", self.dense_item)
+        check_choice("model.dense_loss", self.dense_loss)
         if (self.item_id_input or self.dense_ids) and self.num_items < 1:
             raise ValueError("item_id_input and a dense head over item IDs need the item-ID table: set num_items "
                              "(TigerRecommender does, from the SID table)")
