@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["gr_jax", "gr_jax.*", "configs"]),
     install_requires=[
         "jax>=0.7.1",  # jax.set_mesh
-        "flax>=0.10",
+        "flax>=0.11.2",  # reads the jax.set_mesh mesh in nn.with_logical_constraint (older flax: only the legacy mesh)
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "grain>=0.2.10",
