@@ -16,7 +16,7 @@ result first:
 
 Then the whole ``MoEFusion`` forward + backward at the same size, with and without the
 rematerialisation that PRISM's per-item fusion adds, beside the time its matmul FLOPs would take
-at the measured peak. One JSON line per measurement.
+at the measured peak. Times: ``tiger_setup.timed`` (best of three means). One JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import emit, matmul_peak_gflops  # noqa: E402
+from bench.tiger_setup import timed  # noqa: E402
 from gr_jax.models.prism import SOURCES, MoEFusion  # noqa: E402
 
 EXPERTS, TOP_K, DIM, EXPERT_DIM, LEVELS, BLOCK = 4, 2, 128, 256, 4, 128
@@ -73,19 +73,10 @@ def blocked(x, kernel, top):
     return out[slot]
 
 
-def seconds(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    tic = time.perf_counter()
-    for _ in range(repeats):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - tic) / repeats
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1025, help="fused items (each has 4 level tokens)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10, help="calls per timing (best of 3 timings)")
     args = parser.parse_args()
     tokens = args.rows * LEVELS
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -101,9 +92,9 @@ def main():
         if fn is not dense:
             np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, kernel, top)), want, rtol=2e-4, atol=2e-4)
         flops = 2 * tokens * SOURCES * DIM * EXPERT_DIM * (EXPERTS if fn is dense else TOP_K)
-        forward = seconds(jax.jit(fn), (x, kernel, top), args.repeats)
+        forward = timed(jax.jit(fn), x, kernel, top, repeats=args.repeats)
         grad = jax.jit(jax.grad(lambda x, w, fn=fn: (fn(x, w, top) ** 2).sum(), argnums=(0, 1)))
-        backward = seconds(grad, (x, kernel), args.repeats)
+        backward = timed(grad, x, kernel, repeats=args.repeats)
         emit({"name": "moe_first_layer", "impl": name, "tokens": tokens, "matmul_gflop": round(flops / 1e9, 2),
               "forward_ms": round(forward * 1e3, 1), "forward_backward_ms": round(backward * 1e3, 1)})
 
@@ -119,7 +110,7 @@ def main():
             apply = lambda p, s: fusion.apply(p, s, weight, True, row_keys, jnp.uint32(3))
             fused, stats = (jax.checkpoint(apply) if remat else apply)(params, sources)
             return (fused ** 2).sum() + stats["balance"]
-        step = seconds(jax.jit(jax.grad(loss, argnums=(0, 1))), (params, sources), args.repeats)
+        step = timed(jax.jit(jax.grad(loss, argnums=(0, 1))), params, sources, repeats=args.repeats)
         passes = 4 if remat else 3  # forward (twice with remat) + the backward's two products per matmul
         emit({"name": "moe_fusion_train", "tokens": tokens, "remat": remat, "forward_backward_ms": round(step * 1e3, 1),
               "expert_matmuls_at_peak_ms": round(passes * expert_flops / peak / 1e6, 1)})

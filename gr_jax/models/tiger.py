@@ -63,7 +63,7 @@ class Tiger(nn.Module):
         self.decoder_bias = RelativeBias(c.num_heads, bidirectional=False)
         self.encoder_norm, self.decoder_norm = RMSNorm(), RMSNorm()
         self.drop = Dropout(c.dropout, c.dropout_impl)
-        if c.num_items:
+        if c.item_id_input or c.dense_ids:
             self.item_embed = nn.Embed(c.num_items, c.embed_dim, name="item_embed",
                                        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                                    ("vocab", "embed")))
@@ -145,17 +145,19 @@ class Tiger(nn.Module):
         """Training outputs besides the logits, from the final decoder states (PRISM's SSA predictions)."""
         del states, train
 
-    def item_vectors(self, items: dict):
-        """The dense head's item vectors ``[N, d]`` from the catalogue's ``items`` (``codes [N, L]``,
-        ``text [N, F]``), as ``config.dense_item`` picks: summed code embeddings plus an ID embedding
-        (items that share codes share most of their vector, the ID part tells them apart), and/or the
-        projected text embedding (LIGER's item side: an item's vector needs no interactions of its own)."""
+    def item_vectors(self, items: dict, ids=None):
+        """The dense head's vectors ``[N, d]`` of the catalogue's ``items`` (``codes [N, L]``, ``text [N, F]``),
+        or ``[C, d]`` of the items ``ids [C]`` only, as ``config.dense_item`` picks: summed code embeddings
+        plus an ID embedding (items that share codes share most of their vector, the ID part tells them
+        apart), and/or the projected text embedding (LIGER's item side: an item's vector needs no
+        interactions of its own)."""
         c = self.config
+        rows = (lambda table: table) if ids is None else (lambda table: table[ids])
         vectors = 0.0
         if c.dense_ids:
-            vectors = self.embed(self.code_tokens(items["codes"])).sum(-2) + self.item_embed.embedding
+            vectors = self.embed(self.code_tokens(rows(items["codes"]))).sum(-2) + rows(self.item_embed.embedding)
         if c.dense_text:
-            vectors = vectors + self.dense_text(items["text"])
+            vectors = vectors + self.dense_text(rows(items["text"]))
         return vectors
 
     def dense_logits(self, states, items: dict, targets=None):
@@ -163,9 +165,7 @@ class Tiger(nn.Module):
         ``q·v / sqrt(d)``, or with ``dense_loss='infonce'`` cosines over ``dense_temperature``. ``targets [C]``:
         only those items' columns ``[B, C]``."""
         c = self.config
-        query, vectors = self.dense_query(states[:, 0]), self.item_vectors(items)
-        if targets is not None:
-            vectors = vectors[targets]
+        query, vectors = self.dense_query(states[:, 0]), self.item_vectors(items, targets)
         if c.dense_loss == "infonce":
             return l2_normalize(query) @ l2_normalize(vectors).T / c.dense_temperature
         return query @ vectors.T * c.embed_dim ** -0.5
@@ -231,9 +231,7 @@ def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> di
         raise ValueError(f"model.retrieval='{model_config.retrieval}' ranks with the dense head: set "
                          f"model.dense_weight > 0 (e.g. 1.0) to train it, or model.retrieval='beam'")
     item_ids = model_config.get("item_id_input", False)
-    dense_item = model_config.get("dense_item", "codes_id")  # checked by T5Config
-    return {"num_items": num_items if item_ids or (dense and "codes_id" in dense_item) else 0,
-            "item_id_input": item_ids, "dense_head": dense, "dense_item": dense_item}
+    return {"num_items": num_items if item_ids or dense else 0, "item_id_input": item_ids, "dense_head": dense}
 
 
 class TigerRecommender(TrainableRecommender):

@@ -39,7 +39,7 @@ class T5Config(LayerConfig):
     num_encoder_layers: int = 4
     num_decoder_layers: int = 4
     item_level_history: bool = False  # True: one encoder vector per history item (sum of its code embeddings)
-    num_items: int = 0  # rows of the item-ID table (ID+SID inputs, the dense head); 0: no table
+    num_items: int = 0  # catalogue size: the item-ID table's rows (ID+SID inputs, a dense head over IDs)
     item_id_input: bool = False  # add each history item's ID embedding to its SID input (needs num_items)
     dense_head: bool = False  # a dense next-item head on the decoder's BOS state
     dense_item: str = "codes_id"  # the dense head's item vectors: codes_id | text | codes_id_text (tiger.item_vectors)
