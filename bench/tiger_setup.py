@@ -134,30 +134,48 @@ def lowered_flops(lowered) -> float:
     return float(cost["flops"])
 
 
+class CompiledTrainStep:
+    """The trainer's jitted step for one model and batch, compiled and warmed up (two steps), to time.
+
+    ``flops``: per step (``lowered_flops``; ``flops_upper_bound``: the step holds a ``lax.switch``, for
+    which the cost analysis counts the costliest branch, so the count bounds what a step runs);
+    ``compile_s``: seconds to set up, compile and warm up. Build and run it inside
+    ``trainer.mesh_context(config)``.
+    """
+
+    def __init__(self, model, optimizer, config, batch: dict, mesh):
+        from gr_jax.training import trainer
+
+        tic = time.perf_counter()
+        self.state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+        self.step = trainer.jit_train_step(model, optimizer, mesh, shardings)
+        self.batch = batch
+        lowered = self.step.lower(self.state, batch)
+        self.flops, self.flops_upper_bound = lowered_flops(lowered), "stablehlo.case" in lowered.as_text()
+        self.metrics = None
+        self.run(2)
+        self.compile_s = time.perf_counter() - tic
+
+    def run(self, steps: int) -> float:
+        """Seconds per step over ``steps`` steps (the state carries on from the previous call)."""
+        tic = time.perf_counter()
+        for _ in range(steps):
+            self.state, self.metrics = self.step(self.state, self.batch)
+        jax.block_until_ready(self.metrics)
+        return (time.perf_counter() - tic) / steps
+
+
 def time_train_steps(model, optimizer, config, batch: dict, steps: int) -> dict:
-    """The trainer's jitted step on ``config``'s mesh: seconds per step (after two warm-up steps),
-    FLOPs per step (``compiled_flops``; ``flops_upper_bound``: the step holds a ``lax.switch``, for which
-    the cost analysis counts the costliest branch, so the count bounds what a step runs),
-    seconds to set up and compile, whether the loss is finite, and the final state."""
+    """``CompiledTrainStep``'s seconds per step (after two warm-up steps), FLOPs per step and
+    ``flops_upper_bound``, ``compile_s``, whether the loss is finite, and the final state."""
     from gr_jax.training import trainer
 
     with trainer.mesh_context(config) as mesh:
-        tic = time.perf_counter()
-        state, shardings = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
-        step = trainer.jit_train_step(model, optimizer, mesh, shardings)
-        lowered = step.lower(state, batch)
-        flops, upper_bound = lowered_flops(lowered), "stablehlo.case" in lowered.as_text()
-        for _ in range(2):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        return {"seconds": (time.perf_counter() - tic) / steps, "flops": flops, "flops_upper_bound": upper_bound,
-                "compile_s": compile_s,
-                "finite": bool(metrics["finite"]), "state": state}
+        compiled = CompiledTrainStep(model, optimizer, config, batch, mesh)
+        seconds = compiled.run(steps)
+        return {"seconds": seconds, "flops": compiled.flops, "flops_upper_bound": compiled.flops_upper_bound,
+                "compile_s": compiled.compile_s, "finite": bool(compiled.metrics["finite"]),
+                "state": compiled.state}
 
 
 def timed(fn, *args, repeats: int) -> float:
