@@ -39,9 +39,9 @@ EXPERTS, TOP_K, DIM, EXPERT_DIM, LEVELS, BLOCK = 4, 2, 128, 256, 4, 128
 
 
 def dense(x, kernel, top):
-    """Every expert on every token ``[T, E, h]`` (``top`` unused: the dense path ignores the routing)."""
+    """Every expert on every token, expert-major ``[E, T, h]`` as in ``MoEFusion`` (``top`` unused)."""
     del top
-    return jnp.einsum("ti,eih->teh", x, kernel)
+    return jnp.einsum("ti,eih->eth", x, kernel)
 
 
 def sorted_pairs(top):
@@ -87,7 +87,7 @@ def main():
     emit({"name": "moe_dispatch_peak", "peak_gflops": round(peak, 1), "device": str(jax.devices()[0])})
 
     token, expert, _ = sorted_pairs(top)
-    want = np.asarray(dense(x, kernel, top))[np.asarray(token), np.asarray(expert)]
+    want = np.asarray(dense(x, kernel, top))[np.asarray(expert), np.asarray(token)]
     for name, fn in (("dense", dense), ("ragged_dot", ragged), ("blocked", blocked)):
         if fn is not dense:
             np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, kernel, top)), want, rtol=2e-4, atol=2e-4)

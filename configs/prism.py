@@ -29,6 +29,9 @@ def model_config() -> ml_collections.ConfigDict:
     # Fuse each distinct history item of a batch once (noise and dropout keyed by item, so the values
     # equal fusing every slot, the False reference); a speed switch, not a model change.
     c.dsi_per_item = True
+    # Its static row counts grow by this factor (the distinct items fill the smallest that holds them):
+    # nearer 1 wastes fewer padded rows per step and compiles more branches.
+    c.dsi_bucket_growth = 2 ** 0.25
     # SSA: predict each level's codebook vector from the decoder state (1 - cos loss).
     c.ssa = True
     c.ssa_weight = 5e-4  # gamma

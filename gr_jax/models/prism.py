@@ -48,10 +48,10 @@ Deviations, following ``SPEC.md`` section 3 where it differs from the official c
   initialisation gains are not reproduced (plain independent inits).
 - The balance statistics are taken over real history tokens only (the official code also
   counts padding).
-- The experts' two LayerNorms normalise the hidden units of all experts jointly
-  (``feature_axes=(-2, -1)``, per-expert scales); the official ``Expert`` has its own
-  LayerNorm each. Kept because the published numbers here were measured with it; sparse
-  top-k dispatch would need the per-expert form (BENCHMARKS.md, PRISM's CPU cost).
+
+The experts run densely (every expert on every token, the top-k kept) in an expert-major
+layout; each has its own LayerNorms, as the official ``Expert``, so sparse top-k dispatch would
+compute the same function (``bench/moe_dispatch.py``: not faster on CPU at these sizes).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ import numpy as np
 
 from gr_jax.config_schema import check_choice
 from gr_jax.decoding.trie import Trie
-from gr_jax.models.layers.dropout import Dropout, hash_bits, mix_keys
+from gr_jax.models.layers.dropout import Dropout, hash_bits, hash_keep_mask, mix_keys
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.layers.t5 import T5Config
 from gr_jax.models.tiger import Tiger, TigerRecommender, hybrid_fields, token_nll
@@ -169,14 +169,36 @@ class MoEFusion(nn.Module):
         return nn.Dense(self.num_experts, kernel_init=_xavier_half, name="router_logits")(h)
 
     def _expert_layer(self, x, width, name, first: bool):
+        """One Dense per expert, expert-major: ``x [..., i]`` (first) or ``[E, ..., i]`` -> ``[E, ..., width]``.
+
+        The experts' hidden states stay in ``[E, tokens, h]`` so each layer is a batched matmul over
+        contiguous per-expert slabs; token-major ``[tokens, E, h]`` would transpose them around every
+        matmul, forward and backward.
+        """
         fan_in = x.shape[-1]
         init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=-2, out_axis=-1, batch_axis=(0,))
         kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(init, ("experts", None, None)),
                             (self.num_experts, fan_in, width))
         bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("experts", None)),
                           (self.num_experts, width))
-        spec = "...i,eih->...eh" if first else "...ei,eih->...eh"
-        return jnp.einsum(spec, x, kernel) + bias
+        spec = "...i,eih->e...h" if first else "e...i,eih->e...h"
+        return jnp.einsum(spec, x, kernel) + bias.reshape((self.num_experts,) + (1,) * (x.ndim - 2 + first) + (width,))
+
+    def _expert_norm(self, h, name):
+        """Each expert's own LayerNorm of its hidden units (``h [E, ..., h]``; scale and bias ``[E, h]``)."""
+        return nn.LayerNorm(reduction_axes=-1, feature_axes=(0, -1), name=name)(h)
+
+    def _expert_dropout(self, h, train, keys, seed):
+        """``Dropout`` of expert-major ``h [E, ..., h]`` with the mask a token-major ``[..., E, h]`` array
+        would draw (``hash``: keyed per token row, so the masks do not depend on the layout)."""
+        if not train or self.dropout == 0.0:
+            return h
+        if self.dropout_impl != "hash":
+            return Dropout(self.dropout, self.dropout_impl)(h, deterministic=False, seed=seed)
+        if seed is None:
+            seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+        keep = jnp.moveaxis(hash_keep_mask(seed, h.shape[1:-1] + (h.shape[0], h.shape[-1]), self.dropout, keys), -2, 0)
+        return jnp.where(keep, h / (1.0 - self.dropout), jnp.zeros_like(h))
 
     def _noise(self, shape, dtype, keys, seed):
         if seed is None:
@@ -210,15 +232,12 @@ class MoEFusion(nn.Module):
         top_weights = top_probs / (top_probs.sum(-1, keepdims=True) + 1e-8)
         one_hot = jax.nn.one_hot(top_index, self.num_experts, dtype=probs.dtype)  # [..., k, E]
         gates = (one_hot * top_weights[..., None]).sum(-2)  # [..., E], zero outside the top-k
-        drop = Dropout(self.dropout, self.dropout_impl)
-        h = self._expert_layer(x, self.expert_dim, "expert_in", first=True)
-        h = nn.relu(nn.LayerNorm(feature_axes=(-2, -1), name="expert_norm")(h))
-        h = drop(h, deterministic=not train, keys=keys, seed=site())
+        h = self._expert_layer(x, self.expert_dim, "expert_in", first=True)  # [E, ..., d_moe]
+        h = self._expert_dropout(nn.relu(self._expert_norm(h, "expert_norm")), train, keys, site())
         h = nn.relu(self._expert_layer(h, self.expert_dim // 2, "expert_mid", first=False))
-        h = drop(h, deterministic=not train, keys=keys, seed=site())
-        h = self._expert_layer(h, self.expert_dim // 4, "expert_out", first=False)
-        h = nn.LayerNorm(feature_axes=(-2, -1), name="expert_out_norm")(h)  # [..., E, d_moe/4]
-        mixed = jnp.einsum("...e,...eh->...h", gates, h)
+        h = self._expert_dropout(h, train, keys, site())
+        h = self._expert_norm(self._expert_layer(h, self.expert_dim // 4, "expert_out", first=False), "expert_out_norm")
+        mixed = jnp.einsum("...e,e...h->...h", gates, h)
         fused = nn.LayerNorm(name="output_norm")(nn.Dense(d, kernel_init=_xavier_half, name="output")(mixed))
         alpha = jax.nn.sigmoid(self.param("fusion_alpha", nn.initializers.constant(-2.0), ()))
         loss, usage = balance_loss(probs, one_hot.sum(-2), weight)
@@ -334,11 +353,14 @@ class Prism(Tiger):
     top_k: int = 2
     router_noise: bool = True
     dsi_per_item: bool = True  # fuse each distinct history item of a batch once (False: every slot)
+    dsi_bucket_growth: float = 2 ** 0.25  # ratio of consecutive static row counts of the per-item fusion
     ssa_levels: int = 0  # levels with an SSA target (0: SSA off)
     ssa_dim: int = 32  # codebook vector size
 
     def __post_init__(self):
         check_choice("model.dsi_fusion", self.dsi_fusion)
+        if not self.dsi_bucket_growth > 1:
+            raise ValueError(f"model.dsi_bucket_growth={self.dsi_bucket_growth}: must be > 1 (e.g. 2 ** 0.25)")
         super().__post_init__()
 
     def setup(self):
@@ -402,7 +424,7 @@ class Prism(Tiger):
         """
         num_items = tables["codes"].shape[0]
         flat = jnp.where(mask, items, num_items).reshape(-1)  # padding -> one sentinel value
-        sizes = distinct_buckets(flat.size, num_items)
+        sizes = distinct_buckets(flat.size, num_items, growth=self.dsi_bucket_growth)
 
         def fuse_at(size):
             def run(module, flat, tables, seed):

@@ -2,6 +2,7 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,7 @@ from configs import prism as prism_config
 from gr_jax import stages
 from gr_jax.decoding.trie import build_trie
 from gr_jax.models import prism
+from gr_jax.models.layers.dropout import hash_keep_mask, mix_keys
 from gr_jax.stages.features import CF_FILE, TEXT_FILE
 from gr_jax.tokenizers.sid_table import SIDTable
 
@@ -81,6 +83,44 @@ def test_moe_balance_loss_spreads_tokens_over_all_experts_from_a_collapsed_route
     unbalanced = shares(train(params, 0.0))
     assert unbalanced.min() < 0.05, unbalanced  # the task loss alone leaves the router collapsed
     np.testing.assert_allclose(balanced.sum(), 1.0, atol=1e-6)
+
+
+def test_moe_experts_equal_a_plain_token_major_reference_with_dropout():
+    """The expert-major stack against per-token, per-expert Dense + LayerNorm, its dropout masks drawn
+    as a token-major ``[tokens, E, h]`` array would draw them (router noise off, so the gates come from
+    the captured router logits)."""
+    sources = jax.random.normal(jax.random.PRNGKey(0), (5, 3, 3, 8))
+    weight, keys, seed = jnp.ones((5, 3)), jnp.arange(15, dtype=jnp.uint32).reshape(5, 3) + 40, jnp.uint32(7)
+    module = prism.MoEFusion(num_experts=4, expert_dim=16, top_k=2, router_noise=False, input_noise=0.0, dropout=0.5)
+    params = nn.unbox(module.init(jax.random.PRNGKey(1), sources, weight)["params"])
+    (fused, _), captured = module.apply({"params": params}, sources, weight, True, keys, seed,
+                                        capture_intermediates=True)
+    probs = jax.nn.softmax(captured["intermediates"]["router_logits"]["__call__"][0])
+    top_probs, top = jax.lax.top_k(probs, 2)
+    gates = (jax.nn.one_hot(top, 4) * (top_probs / top_probs.sum(-1, keepdims=True))[..., None]).sum(-2)
+
+    def layer(h, name, spec):  # per expert: Dense
+        return jnp.einsum(spec, h, params[f"{name}_kernel"]) + params[f"{name}_bias"]
+
+    def norm(h, name):  # per expert: its own LayerNorm over its hidden units
+        mean, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+        return (h - mean) / jnp.sqrt(var + 1e-6) * params[name]["scale"] + params[name]["bias"]
+
+    def drop(h, draw):  # draws 0: the router's dropout, then the experts' two
+        keep = hash_keep_mask(mix_keys(jnp.uint32(draw), seed), h.shape, 0.5, keys)
+        return jnp.where(keep, h * 2.0, 0.0)
+
+    h = drop(jax.nn.relu(norm(layer(sources.reshape(5, 3, 24), "expert_in", "...i,eih->...eh"), "expert_norm")), 1)
+    h = drop(jax.nn.relu(layer(h, "expert_mid", "...ei,eih->...eh")), 2)
+    h = norm(layer(h, "expert_out", "...ei,eih->...eh"), "expert_out_norm")  # [5, 3, E, 4]
+    mixed = jnp.einsum("...e,...eh->...h", gates, h)
+    out = mixed @ params["output"]["kernel"] + params["output"]["bias"]
+    mean, var = out.mean(-1, keepdims=True), out.var(-1, keepdims=True)
+    out = (out - mean) / jnp.sqrt(var + 1e-6) * params["output_norm"]["scale"] + params["output_norm"]["bias"]
+    alpha = jax.nn.sigmoid(params["fusion_alpha"])
+    want = sources[..., 0, :] + alpha * (out - sources[..., 0, :])
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert 0.3 < float((np.asarray(drop(jnp.ones((5, 3, 4, 16)), 1)) == 0).mean()) < 0.7  # dropout was on
 
 
 def test_ats_temperature_follows_the_closed_form_of_each_prefix_child_count():
