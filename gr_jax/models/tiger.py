@@ -222,6 +222,16 @@ def token_nll(logits, target):
     return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
 
 
+def reserve_dense_slots(ranked: jax.Array, dense_items: jax.Array, slots: int) -> jax.Array:
+    """``ranked [B, k]`` with its last ``slots`` places given to the best of ``dense_items [B, W]`` (best
+    first, ``W >= k``) that its first ``k - slots`` do not hold: a share of the list that the dense head
+    fills alone, as LIGER keeps for items the beam does not reach."""
+    kept = ranked[:, :ranked.shape[1] - slots]
+    taken = (dense_items[:, :, None] == kept[:, None, :]).any(-1)
+    order = jnp.argsort(taken, axis=1, stable=True)[:, :slots]  # untaken first, in the dense head's order
+    return jnp.concatenate([kept, jnp.take_along_axis(dense_items, order, 1)], 1)
+
+
 def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> dict:
     """The ``T5Config`` fields of the ID+SID inputs and the dense head, from ``model.item_id_input``,
     ``model.dense_weight`` and ``model.retrieval``."""
@@ -249,7 +259,8 @@ class TigerRecommender(TrainableRecommender):
     ranks by the beam (``beam``), by the dense head over all items (``dense``), or (``hybrid``) takes
     the beam's items and the dense head's top ``beam_size`` and ranks their union by
     ``log p_dense(item) + model.hybrid_gen_weight · log p_gen(SID)``, each candidate's SID scored
-    exactly by teacher forcing.
+    exactly by teacher forcing; ``model.hybrid_dense_slots`` > 0 gives the last that many places of
+    the ranking to the dense head's best items not ranked above them (``reserve_dense_slots``).
     """
 
     float_tables = ("item_text",)
@@ -263,6 +274,10 @@ class TigerRecommender(TrainableRecommender):
         self.dense_weight = model_config.get("dense_weight", 0.0)
         self.retrieval = model_config.get("retrieval", "beam")
         self.hybrid_gen_weight = model_config.get("hybrid_gen_weight", 1.0)
+        self.hybrid_dense_slots = model_config.get("hybrid_dense_slots", 0)
+        if self.hybrid_dense_slots and self.retrieval != "hybrid":
+            raise ValueError(f"model.hybrid_dense_slots={self.hybrid_dense_slots} applies to model.retrieval=hybrid "
+                             f"only (it is {self.retrieval!r}): set it to 0 or use hybrid retrieval")
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         self.trie = build_trie(sid_table.codes, codebook_size, model_config.get("trie", "auto"))
         self.children = TrieTables.of(self.trie)
@@ -398,4 +413,9 @@ class TigerRecommender(TrainableRecommender):
         generative = self.candidate_log_probs(params, encoded, mask, self.codes[jnp.maximum(items, 0)])
         score = jnp.take_along_axis(dense, jnp.maximum(items, 0), 1) + self.hybrid_gen_weight * generative
         top = jax.lax.top_k(jnp.where(items >= 0, score, -jnp.inf), k)[1]
-        return jnp.take_along_axis(items, top, 1)
+        ranked = jnp.take_along_axis(items, top, 1)
+        if not self.hybrid_dense_slots:
+            return ranked
+        if self.hybrid_dense_slots > k:
+            raise ValueError(f"model.hybrid_dense_slots={self.hybrid_dense_slots} exceeds the {k} items ranked")
+        return reserve_dense_slots(ranked, dense_items, self.hybrid_dense_slots)

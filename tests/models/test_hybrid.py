@@ -79,6 +79,28 @@ def test_item_ids_tell_apart_items_that_share_a_sid_and_the_dense_loss_trains_th
         assert np.abs(grads["item_embed"]["embedding"][b["target"]]).sum() > 0
 
 
+def test_reserved_dense_slots_end_the_fused_ranking_with_the_dense_heads_best_unranked_items():
+    codes = catalog()
+    num_items, num_sids = len(codes), len(np.unique(codes, axis=0))
+    knobs = dict(beam_size=num_sids, item_id_input=True, dense_weight=1.0, retrieval="hybrid")
+    fused_model, slots_model = tiger(codes, **knobs), tiger(codes, hybrid_dense_slots=3, **knobs)
+    b = history_batch(num_items)
+    params = fused_model.init(jax.random.PRNGKey(0), b)
+    params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    fused = np.asarray(fused_model.topk(params, b, 6))
+    ranked = np.asarray(slots_model.topk(params, b, 6))
+    encoded, mask = fused_model.encode(params, fused_model.inputs(b))
+    dense = np.asarray(fused_model.module.apply({"params": params}, encoded, mask, fused_model.dense_items(),
+                                                  method=Tiger.dense_scores))
+    for row in range(len(b["user"])):
+        unranked = [i for i in np.argsort(-dense[row], kind="stable") if i not in fused[row, :3]]
+        np.testing.assert_array_equal(ranked[row], list(fused[row, :3]) + unranked[:3])
+    with pytest.raises(ValueError, match="exceeds the 2 items"):
+        slots_model.topk(params, b, 2)
+    with pytest.raises(ValueError, match="model.retrieval=hybrid only"):
+        tiger(codes, beam_size=5, dense_weight=1.0, retrieval="dense", hybrid_dense_slots=2)
+
+
 def test_dense_retrieval_needs_the_dense_head():
     with pytest.raises(ValueError, match="model.dense_weight > 0"):
         tiger(catalog(), beam_size=5, retrieval="hybrid")
