@@ -74,7 +74,8 @@ def compare(models: dict, optimizer, config, batch: dict, steps: int, rounds: in
             for name in (models if r % 2 == 0 else reversed(models)):
                 times[name].append(compiled[name].run(steps))
     ratios = [a / b for a, b in zip(times[first], times[second])]
-    return {"times": times, "ratios": ratios, "finite": all(bool(c.metrics["finite"]) for c in compiled.values())}
+    return {"times": times, "ratios": ratios, "compile_s": {name: c.compile_s for name, c in compiled.items()},
+            "finite": all(bool(c.metrics["finite"]) for c in compiled.values())}
 
 
 def main():
@@ -118,6 +119,7 @@ def main():
               "step_ratio_per_round": [round(r, 3) for r in run["ratios"]],
               "step_ratio_median": round(statistics.median(run["ratios"]), 3),
               "step_ratio_max": round(max(run["ratios"]), 3), "finite": run["finite"],
+              "compile_s": {k: round(v, 1) for k, v in run["compile_s"].items()},
               "peak_gflops": round(matmul_peak_gflops(), 1), **machine})
         return
     run = time_train_steps(model, optimizer, config, batch, args.steps)
