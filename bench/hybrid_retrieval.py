@@ -61,7 +61,7 @@ def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight
             if os.path.exists(os.path.join(run, part)) and not os.path.exists(os.path.join(workdir, part)):
                 os.symlink(os.path.abspath(os.path.join(run, part)), os.path.join(workdir, part))
         config = ml_collections.ConfigDict(config.to_dict())
-        config.stages = "eval"
+        config.stages = "data,eval"  # data: reuses the run's dataset, or rebuilds it if its source files changed
         config.model.retrieval, config.model.hybrid_gen_weight = retrieval, weight
         config.model.hybrid_dense_slots = slots
         stages.run(config, workdir)
