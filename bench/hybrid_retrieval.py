@@ -15,7 +15,8 @@ variant: ``{"name": "retrieval_variant", "run", "variant", "retrieval", "gen_wei
 test R@5/10 N@5/10, "test_tail_recall@10", "seconds"}``, then per variant ``{"name": "retrieval_mean",
 "variant", "runs", the mean and sample std of each metric over the runs}``, then ``{"name":
 "retrieval_selected", ...}``: the hybrid weight (and reserved dense slots, ``--slots``) with the best
-mean valid N@10 (test never consulted).
+mean valid N@10 (test never consulted). A variant with reserved slots ranks a list as long as the largest
+``eval.ks`` cut-off (10), so that the slots, the list's last places, fall inside it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight
         config.stages = "data,eval"  # data: reuses the run's dataset, or rebuilds it if its source files changed
         config.model.retrieval, config.model.hybrid_gen_weight = retrieval, weight
         config.model.hybrid_dense_slots = slots
+        if slots:  # the reserved places end the list: make it as long as the largest cut-off (R@10, N@10)
+            config.eval.list_size = max(config.eval.ks)
         stages.run(config, workdir)
     record = {"name": "retrieval_variant", "run": run, "variant": variant, "retrieval": retrieval,
               "gen_weight": weight if retrieval == "hybrid" else None,
