@@ -103,7 +103,8 @@ def main():
     if args.data:
         batch = data_batch(args.data, args.batch_size, len(model.codes))
     else:
-        batch = random_batch(args.batch_size, args.history, len(model.codes), actions=args.model == "gat")
+        actions = "gat" in (args.model, args.against)
+        batch = random_batch(args.batch_size, args.history, len(model.codes), actions=actions)
     shape = {"item_level_history": args.item_level_history, "data": args.data or "random",
              "valid_slots": int(batch["history_mask"].sum()),
              "distinct_history_items": len(set(batch["history"][batch["history_mask"]].tolist())),
