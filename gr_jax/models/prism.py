@@ -329,7 +329,7 @@ def prefix_temperatures(trie: Trie, table: np.ndarray) -> np.ndarray:
     return np.take_along_axis(table, trie.num_children(), axis=1)
 
 
-def distinct_buckets(slots: int, num_items: int, smallest: int = 256, growth: float = 2.0) -> tuple[int, ...]:
+def distinct_buckets(slots: int, num_items: int, growth: float, smallest: int = 256) -> tuple[int, ...]:
     """Static row counts for the distinct items of ``slots`` history slots (plus a padding row):
     ``smallest * growth**i`` (rounded up to a multiple of 8) below the bound ``min(slots, num_items) + 1``,
     then the bound."""

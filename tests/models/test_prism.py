@@ -190,7 +190,7 @@ def test_fusing_each_distinct_item_once_equals_fusing_every_slot_in_training():
     rng = np.random.default_rng(0)
     codes = rng.permutation(np.stack(np.unravel_index(np.arange(512), (8, 8, 8)), 1))[:400]
     table = SIDTable(codes, (8, 8, 8), codebooks=[rng.normal(size=(8, 6)) for _ in range(3)])
-    assert prism.distinct_buckets(96 * 5, table.num_items) == (256, 401)
+    assert prism.distinct_buckets(96 * 5, table.num_items, growth=2.0) == (256, 401)
     # distinct items: <= 101, > 256
     few, many = history_batch(100, size=96, seed=1), history_batch(400, size=96, seed=2)
     assert len(np.unique(few["history"])) < 256 < len(np.unique(many["history"]))
