@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 
@@ -74,9 +75,21 @@ def source_fingerprint(data: ml_collections.ConfigDict) -> dict:
     if "dir" in out:
         out["dir"] = os.path.abspath(out["dir"])
         if os.path.isdir(out["dir"]):  # changed raw files make a new dataset, not a stale reuse
-            out["files"] = {name: [(st := os.stat(os.path.join(out["dir"], name))).st_size, int(st.st_mtime)]
-                            for name in sorted(os.listdir(out["dir"]))
-                            if os.path.isfile(os.path.join(out["dir"], name))}
+            paths = {name: os.path.join(out["dir"], name) for name in sorted(os.listdir(out["dir"]))}
+            out["files"] = {name: file_digest(path) for name, path in paths.items() if os.path.isfile(path)}
     return out
+
+
+def file_digest(path: str, edge_bytes: int = 1 << 20) -> list:
+    """``[size, sha256 of the first and last edge_bytes]`` of a raw file: content, not modification
+    time, keys its dataset, so a copied or touched source reuses what was built from it, while a
+    grown, shrunk or rewritten one (barring a same-size edit confined to its middle) builds anew."""
+    size, digest = os.path.getsize(path), hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(edge_bytes))
+        if size > edge_bytes:
+            f.seek(max(size - edge_bytes, edge_bytes))
+            digest.update(f.read())
+    return [size, digest.hexdigest()[:16]]
 
 

@@ -222,6 +222,19 @@ def test_different_sources_get_different_builder_configs(tmp_path):
     assert name(c) == name(a)
 
 
+def test_raw_files_key_the_dataset_by_content_not_modification_time(tmp_path):
+    config = _lcrec(tmp_path / "raw")
+    name = lambda: tfds_builder.builder_for(config, str(tmp_path)).builder_config.name  # noqa: E731
+    before = name()
+    inter = tmp_path / "raw" / "Toy.inter.json"
+    os.utime(inter, (0, 0))  # a copy or a touch: same content
+    assert name() == before
+    edited = dict(LCREC_INTER)
+    edited[next(iter(edited))] = edited[next(iter(edited))][::-1]  # same size, new content
+    inter.write_text(json.dumps(edited))
+    assert name() != before
+
+
 def test_unrecognisable_dir_lists_files_present(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
