@@ -44,7 +44,12 @@ RANKING_METRICS = [f"{split}_{m}@{k}" for split in ("valid", "test") for m in ("
 
 def ranking_record(metrics_path: str) -> dict:
     """Valid and test R@5/10, N@5/10 and test tail R@10 of an eval stage's ``metrics.json``, flat and rounded."""
-    metrics = json.load(open(metrics_path))
+    with open(metrics_path) as f:
+        return ranking_fields(json.load(f))
+
+
+def ranking_fields(metrics: dict) -> dict:
+    """``ranking_record``'s fields of evaluation results (``gr_jax.evaluation.evaluator.evaluate``'s form)."""
     record = {}
     for key in RANKING_METRICS:
         split, metric = key.split("_", 1)
@@ -62,6 +67,20 @@ def seed_summary(records: list[dict]) -> dict:
         summary[key] = round(float(values.mean()), 4)
         summary[f"{key}_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
     return summary
+
+
+LINKED_PARTS = ("data", "features", "tokenize", "train")
+
+
+def linked_workdir(run: str, *name: str) -> str:
+    """``run/<name...>``, a workdir that links the run's data, features, SIDs and trained parameters, so
+    stages run there read the run's artifacts and write their own results beside it."""
+    workdir = os.path.join(run, *name)
+    os.makedirs(workdir, exist_ok=True)
+    for part in LINKED_PARTS:
+        if os.path.exists(os.path.join(run, part)) and not os.path.exists(os.path.join(workdir, part)):
+            os.symlink(os.path.abspath(os.path.join(run, part)), os.path.join(workdir, part))
+    return workdir
 
 
 def emit(record: dict) -> None:

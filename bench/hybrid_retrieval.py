@@ -31,10 +31,8 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, ranking_record, seed_summary  # noqa: E402
+from bench.common import emit, linked_workdir, ranking_record, seed_summary  # noqa: E402
 from gr_jax import stages  # noqa: E402
-
-LINKED = ("data", "features", "tokenize", "train")
 
 
 def run_config(run: str) -> ml_collections.ConfigDict:
@@ -49,18 +47,14 @@ def run_config(run: str) -> ml_collections.ConfigDict:
 
 def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight: float, slots: int = 0) -> dict:
     variant = retrieval if retrieval != "hybrid" else f"hybrid_w{weight:g}" + (f"_s{slots}" if slots else "")
-    workdir = os.path.join(run, "retrieval", variant)
-    result = os.path.join(workdir, "eval", "metrics.json")
+    result = os.path.join(run, "retrieval", variant, "eval", "metrics.json")
     model = config.model
     own = (model.retrieval, model.get("hybrid_gen_weight", 1.0), model.get("hybrid_dense_slots", 0))
     if own[0] == retrieval and (retrieval != "hybrid" or own[1:] == (weight, slots)):
         result = os.path.join(run, "eval", "metrics.json")  # the run's own evaluation
     tic = time.time()
     if not os.path.exists(result):
-        os.makedirs(workdir, exist_ok=True)
-        for part in LINKED:
-            if os.path.exists(os.path.join(run, part)) and not os.path.exists(os.path.join(workdir, part)):
-                os.symlink(os.path.abspath(os.path.join(run, part)), os.path.join(workdir, part))
+        workdir = linked_workdir(run, "retrieval", variant)
         config = ml_collections.ConfigDict(config.to_dict())
         config.stages = "data,eval"  # data: reuses the run's dataset, or rebuilds it if its source files changed
         config.model.retrieval, config.model.hybrid_gen_weight = retrieval, weight

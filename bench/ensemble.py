@@ -1,0 +1,133 @@
+"""Ensembles of finished runs (e.g. generative models over different tokenizations) by weighted
+reciprocal rank fusion of their top-K lists, the weights selected on validation.
+
+    python bench/ensemble.py --runs runs/prism-s0,runs/tiger-s0 [--runs runs/prism-s1,runs/tiger-s1 ...] \
+        [--weights 0,0.25,0.5,1,2,4] [--constant 60]
+
+Each ``--runs`` is one ensemble (repeat it, e.g. once per seed, with the members in the same
+order). Each run's valid and test lists are ranked once by its own trained model and eval config
+(in ``RUN/ensemble``, linking the run's data, features, SIDs and parameters; the lists are kept in
+``RUN/ensemble/rankings.npz`` and read back by later calls). The first member has weight 1; every
+other member takes each of ``--weights``, so the grid holds every subset containing the first.
+JSON lines: ``"ensemble_member"`` per run (its lists ranked alone: they must match its own eval
+stage), ``"ensemble_variant"`` per ensemble and weight vector (``weights``, valid and test R@5/10,
+N@5/10 and test tail R@10, scored by the first run's evaluator: its ``eval.ks``,
+``eval.list_size`` and tail fraction), ``"ensemble_mean"`` per weight vector (mean and sample std
+over the ensembles), then ``"ensemble_selected"``: the weights with the best mean valid N@10 (test
+never consulted). Every run must hold the same users and items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import emit, linked_workdir, ranking_fields, seed_summary  # noqa: E402
+from gr_jax import stages  # noqa: E402
+from gr_jax.data.pipeline import eval_dataset  # noqa: E402
+from gr_jax.evaluation.evaluator import evaluate_split, tail_items  # noqa: E402
+from gr_jax.evaluation.fusion import RRF_CONSTANT, reciprocal_rank_fusion  # noqa: E402
+from gr_jax.training import trainer  # noqa: E402
+
+SPLITS = ("valid", "test")
+
+
+class Member:
+    """One finished run: its config, dataset and every user's valid/test top-K list (``[users, K]``)."""
+
+    def __init__(self, run: str):
+        self.run = run
+        with open(stages.training_config_path(run)) as f:
+            self.config = ml_collections.ConfigDict(json.load(f))
+        self.config.stages = "data"  # reuses the run's dataset, or rebuilds it if its source files changed
+        self.artifacts = stages.run(self.config, linked_workdir(run, "ensemble"))
+        self.dataset = self.artifacts.dataset
+        cache = self.artifacts.path("rankings.npz")
+        if not os.path.exists(cache):
+            np.savez(cache, **self._rank())
+        with np.load(cache) as lists:
+            self.rankings = {split: lists[split] for split in SPLITS}
+
+    def _rank(self) -> dict[str, np.ndarray]:
+        config, a = self.config, self.artifacts
+        size, users = config.eval.list_size, self.dataset.users
+        params = stages.load_params(a, "Ranking with")
+        out = {}
+        with trainer.mesh_context(config) as mesh:
+            topk = trainer.jit_topk(a.model(), mesh, None, size)(params)
+            for split in SPLITS:
+                tic, lists = time.time(), np.full((len(users), size), -1, np.int32)
+                for batch in eval_dataset(users, split, max_history=config.data.max_history,
+                                          batch_size=config.eval.batch_size):
+                    keep = np.asarray(batch["valid"], bool)
+                    lists[batch["user"][keep]] = np.asarray(topk(batch))[keep]
+                print(f"{self.run}: ranked {split} in {time.time() - tic:.0f}s", file=sys.stderr, flush=True)
+                out[split] = lists
+        return out
+
+
+def score(members: list[Member], weights: tuple[float, ...], constant: float) -> dict:
+    """Valid/test metrics (and the tail's) of the members' fused lists, by the first member's evaluator."""
+    config, users = members[0].config, members[0].dataset.users
+    tail = tail_items(users, members[0].dataset.num_items, config.eval.tail_fraction)
+    results = {}
+    for split in SPLITS:
+        def fused(batch, split=split):
+            return reciprocal_rank_fusion([m.rankings[split][batch["user"]] for m in members], weights,
+                                          config.eval.list_size, constant)
+
+        metrics = evaluate_split(fused, users, split, config.data, config.eval, tail)
+        results[split], results[f"{split}/tail"] = metrics, metrics["tail"]
+    return ranking_fields(results)
+
+
+def check_same_catalogue(members: list[Member]) -> None:
+    first = members[0]
+    for m in members[1:]:
+        same = (m.dataset.users.user_keys == first.dataset.users.user_keys
+                and m.dataset.items.keys == first.dataset.items.keys)
+        if not same:
+            raise ValueError(f"{m.run} ranks another dataset than {first.run} ({len(m.dataset.users)} vs "
+                             f"{len(first.dataset.users)} users, {m.dataset.num_items} vs {first.dataset.num_items} "
+                             f"items): ensemble runs trained on the same data config")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", action="append", required=True,
+                        help="one ensemble's finished runs, comma-separated, the first of weight 1; repeat per seed")
+    parser.add_argument("--weights", default="0,0.25,0.5,1,2,4", help="weights tried for every other member")
+    parser.add_argument("--constant", type=float, default=RRF_CONSTANT, help="the RRF rank constant")
+    args = parser.parse_args()
+    ensembles = [[Member(run) for run in spec.split(",")] for spec in args.runs]
+    if len({len(members) for members in ensembles}) > 1:
+        raise ValueError(f"every --runs needs the same number of members, got {[len(m) for m in ensembles]}")
+    check_same_catalogue([m for members in ensembles for m in members])
+    for members in ensembles:
+        for i, member in enumerate(members):
+            alone = tuple(float(j == i) for j in range(len(members)))
+            emit({"name": "ensemble_member", "run": member.run} | score(members, alone, args.constant))
+    grid = [float(w) for w in args.weights.split(",")]
+    means = []
+    for rest in itertools.product(grid, repeat=len(ensembles[0]) - 1):
+        weights, records = (1.0,) + rest, []
+        for members in ensembles:
+            records.append({"name": "ensemble_variant", "runs": [m.run for m in members], "weights": weights,
+                            "constant": args.constant} | score(members, weights, args.constant))
+            emit(records[-1])
+        means.append({"name": "ensemble_mean", "weights": weights, "ensembles": len(records)} | seed_summary(records))
+        emit(means[-1])
+    emit(max(means, key=lambda r: r["valid_ndcg@10"]) | {"name": "ensemble_selected"})
+
+
+if __name__ == "__main__":
+    main()
