@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gr_jax.data import tfds_builder
@@ -81,6 +83,59 @@ def linked_workdir(run: str, *name: str) -> str:
         if os.path.exists(os.path.join(run, part)) and not os.path.exists(os.path.join(workdir, part)):
             os.symlink(os.path.abspath(os.path.join(run, part)), os.path.join(workdir, part))
     return workdir
+
+
+SPLITS = ("valid", "test")
+
+
+def open_run(run: str, name: str, **model_overrides):
+    """A finished run's ``stages.Artifacts`` in ``linked_workdir(run, name)``, under the config the run
+    trained with (``model_overrides`` applied), its data stage rerun (reusing the run's dataset, or
+    rebuilding it if its source files changed)."""
+    from gr_jax import stages
+
+    with open(stages.training_config_path(run)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.model.update(model_overrides)
+    config.stages = "data"
+    return stages.run(config, linked_workdir(run, name))
+
+
+def per_user(outputs, artifacts, label: str) -> dict[str, list[np.ndarray]]:
+    """``{split: [array [num_users, ...] per output]}``: ``outputs(batch) -> tuple of [B, ...] arrays`` on
+    every user's valid and test example (rows of users without one stay zero)."""
+    from gr_jax.data.pipeline import eval_dataset
+
+    config, users = artifacts.config, artifacts.dataset.users
+    result = {}
+    for split in SPLITS:
+        tic, arrays = time.time(), None
+        for batch in eval_dataset(users, split, max_history=config.data.max_history,
+                                  batch_size=config.eval.batch_size):
+            keep = np.asarray(batch["valid"], bool)
+            values = [np.asarray(v) for v in outputs(batch)]
+            if arrays is None:
+                arrays = [np.zeros((len(users),) + v.shape[1:], v.dtype) for v in values]
+            for array, value in zip(arrays, values):
+                array[batch["user"][keep]] = value[keep]
+        print(f"{label}: {split} in {time.time() - tic:.0f}s", file=sys.stderr, flush=True)
+        result[split] = arrays
+    return result
+
+
+def evaluate_per_user(rank, artifacts) -> dict:
+    """``ranking_fields`` of ``rank(split, users [B]) -> ranked items [B, K]`` under the run's evaluator
+    (its ``eval.ks``, ``eval.list_size`` and tail fraction)."""
+    from gr_jax.evaluation.evaluator import evaluate_split, tail_items
+
+    config, dataset = artifacts.config, artifacts.dataset
+    tail = tail_items(dataset.users, dataset.num_items, config.eval.tail_fraction)
+    results = {}
+    for split in SPLITS:
+        metrics = evaluate_split(lambda batch, split=split: rank(split, batch["user"]), dataset.users, split,
+                                 config.data, config.eval, tail)
+        results[split], results[f"{split}/tail"] = metrics, metrics["tail"]
+    return ranking_fields(results)
 
 
 def emit(record: dict) -> None:

@@ -21,73 +21,45 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
-import time
 
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, linked_workdir, ranking_fields, seed_summary  # noqa: E402
+from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary  # noqa: E402
 from gr_jax import stages  # noqa: E402
-from gr_jax.data.pipeline import eval_dataset  # noqa: E402
-from gr_jax.evaluation.evaluator import evaluate_split, tail_items  # noqa: E402
 from gr_jax.evaluation.fusion import RRF_CONSTANT, reciprocal_rank_fusion  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
 
-SPLITS = ("valid", "test")
-
 
 class Member:
-    """One finished run: its config, dataset and every user's valid/test top-K list (``[users, K]``)."""
+    """One finished run: its artifacts and every user's valid/test top-K list (``rankings[split]``,
+    ``[users, K]``), ranked once by its own model and kept in ``RUN/ensemble/rankings.npz``."""
 
     def __init__(self, run: str):
         self.run = run
-        with open(stages.training_config_path(run)) as f:
-            self.config = ml_collections.ConfigDict(json.load(f))
-        self.config.stages = "data"  # reuses the run's dataset, or rebuilds it if its source files changed
-        self.artifacts = stages.run(self.config, linked_workdir(run, "ensemble"))
-        self.dataset = self.artifacts.dataset
+        self.artifacts = open_run(run, "ensemble")
+        self.config, self.dataset = self.artifacts.config, self.artifacts.dataset
         cache = self.artifacts.path("rankings.npz")
         if not os.path.exists(cache):
-            np.savez(cache, **self._rank())
+            params = stages.load_params(self.artifacts, "Ranking with")
+            with trainer.mesh_context(self.config) as mesh:
+                topk = trainer.jit_topk(self.artifacts.model(), mesh, None, self.config.eval.list_size)(params)
+                lists = per_user(lambda batch: (topk(batch),), self.artifacts, f"{run}: ranked")
+            np.savez(cache, **{split: arrays[0] for split, arrays in lists.items()})
         with np.load(cache) as lists:
             self.rankings = {split: lists[split] for split in SPLITS}
-
-    def _rank(self) -> dict[str, np.ndarray]:
-        config, a = self.config, self.artifacts
-        size, users = config.eval.list_size, self.dataset.users
-        params = stages.load_params(a, "Ranking with")
-        out = {}
-        with trainer.mesh_context(config) as mesh:
-            topk = trainer.jit_topk(a.model(), mesh, None, size)(params)
-            for split in SPLITS:
-                tic, lists = time.time(), np.full((len(users), size), -1, np.int32)
-                for batch in eval_dataset(users, split, max_history=config.data.max_history,
-                                          batch_size=config.eval.batch_size):
-                    keep = np.asarray(batch["valid"], bool)
-                    lists[batch["user"][keep]] = np.asarray(topk(batch))[keep]
-                print(f"{self.run}: ranked {split} in {time.time() - tic:.0f}s", file=sys.stderr, flush=True)
-                out[split] = lists
-        return out
 
 
 def score(members: list[Member], weights: tuple[float, ...], constant: float) -> dict:
     """Valid/test metrics (and the tail's) of the members' fused lists, by the first member's evaluator."""
-    config, users = members[0].config, members[0].dataset.users
-    tail = tail_items(users, members[0].dataset.num_items, config.eval.tail_fraction)
-    results = {}
-    for split in SPLITS:
-        def fused(batch, split=split):
-            return reciprocal_rank_fusion([m.rankings[split][batch["user"]] for m in members], weights,
-                                          config.eval.list_size, constant)
+    def fused(split, users):
+        return reciprocal_rank_fusion([m.rankings[split][users] for m in members], weights,
+                                      members[0].config.eval.list_size, constant)
 
-        metrics = evaluate_split(fused, users, split, config.data, config.eval, tail)
-        results[split], results[f"{split}/tail"] = metrics, metrics["tail"]
-    return ranking_fields(results)
+    return evaluate_per_user(fused, members[0].artifacts)
 
 
 def check_same_catalogue(members: list[Member]) -> None:

@@ -53,6 +53,7 @@ def model_config() -> ml_collections.ConfigDict:
     c.retrieval = "beam"  # beam | dense (the dense head over all items) | hybrid (beam ∪ dense top-W, fused score)
     c.hybrid_gen_weight = 1.0  # hybrid score: log p_dense(item) + this · log p_gen(SID)
     c.hybrid_dense_slots = 0  # hybrid: the last this many of the top-k go to the dense head's best unranked items
+    c.popularity_penalty = 0.0  # rank items by score - this · log(1 + training count): 0 = off, > 0 favours rare items
     c.vocab_multiple = 1  # pad the token table to a multiple of this; 128 splits it over any model axis up to 128
     common.add_precision(c)
     return c

@@ -76,7 +76,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "model.commitment_beta": (0.0, True), "model.assignment_temperature": (0.0, False),
     "model.gumbel_temperature": (0.0, False), "model.gumbel_temperature_min": (0.0, False),
     "model.gumbel_decay_rate": (0.0, True), "model.dense_weight": (0.0, True), "model.hybrid_gen_weight": (0.0, True),
-    "model.hybrid_dense_slots": (0, True),
+    "model.hybrid_dense_slots": (0, True), "model.popularity_penalty": (0.0, True),
 }
 # The most each may take: ``(maximum, inclusive)``.
 MAXIMUMS: dict[str, tuple[float, bool]] = {

@@ -472,7 +472,7 @@ class PrismRecommender(TigerRecommender):
     float_tables = ("features", "ssa_codebooks", "item_text")
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, text=None, cf=None,
-                 unroll_decoding: bool = False):
+                 unroll_decoding: bool = False, item_counts=None):
         features = {}
         if model_config.dsi:
             for name, value in (("text", text), ("cf", cf)):
@@ -493,7 +493,8 @@ class PrismRecommender(TigerRecommender):
                          **hybrid_fields(model_config, sid_table.num_items))
         module = from_config(Prism, model_config, config=t5, ssa_levels=0 if ssa_table is None else ssa_table.shape[0],
                              ssa_dim=32 if ssa_table is None else ssa_table.shape[2])
-        super().__init__(model_config, sid_table, module, unroll_decoding, item_text=text if t5.dense_text else None)
+        super().__init__(model_config, sid_table, module, unroll_decoding, item_text=text if t5.dense_text else None,
+                         item_counts=item_counts)
         self.config = model_config
         self.features = features
         self.ssa_codebooks = None if ssa_table is None else jnp.asarray(ssa_table)

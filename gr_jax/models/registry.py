@@ -35,10 +35,19 @@ def _sasrec(config, a: Artifacts, pretrained_qformer=None):
     return SASRecRecommender(config.model, a.dataset.num_items, config.data.max_history)
 
 
+def _item_counts(config, a: Artifacts):
+    """Each item's training count when ``model.popularity_penalty`` ranks with it, else None."""
+    if not config.model.get("popularity_penalty", 0.0):
+        return None
+    from gr_jax.data.splits import train_item_counts
+
+    return train_item_counts(a.dataset.users, a.dataset.num_items)
+
+
 def _tiger(config, a: Artifacts, pretrained_qformer=None):
     from gr_jax.models.tiger import TigerRecommender
 
-    return TigerRecommender(config.model, a.sid_table)
+    return TigerRecommender(config.model, a.sid_table, item_counts=_item_counts(config, a))
 
 
 def _prism(config, a: Artifacts, pretrained_qformer=None):
@@ -47,7 +56,7 @@ def _prism(config, a: Artifacts, pretrained_qformer=None):
     text = cf = None
     if config.model.dsi:
         text, cf = a.features.get("text"), a.features.get("cf")
-    return PrismRecommender(config.model, a.sid_table, text, cf)
+    return PrismRecommender(config.model, a.sid_table, text, cf, item_counts=_item_counts(config, a))
 
 
 def _pctx(config, a: Artifacts, pretrained_qformer=None):

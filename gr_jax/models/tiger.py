@@ -232,6 +232,16 @@ def reserve_dense_slots(ranked: jax.Array, dense_items: jax.Array, slots: int) -
     return jnp.concatenate([kept, jnp.take_along_axis(dense_items, order, 1)], 1)
 
 
+def popularity_rerank(items: jax.Array, scores: jax.Array, log_counts: jax.Array, penalty: float,
+                      k: int) -> jax.Array:
+    """The ``k`` best of candidate ``items [B, C]`` (-1 = none, -1 padded) by ``scores [B, C]`` minus
+    ``penalty · log_counts[item]``: a popularity correction at ranking time (the inference-side
+    counterpart of the logQ correction), which lifts items the decoder rarely saw as targets."""
+    adjusted = jnp.where(items >= 0, scores - penalty * log_counts[jnp.maximum(items, 0)], -jnp.inf)
+    value, top = jax.lax.top_k(adjusted, k)
+    return jnp.where(value > -jnp.inf, jnp.take_along_axis(items, top, 1), -1)
+
+
 def hybrid_fields(model_config: ml_collections.ConfigDict, num_items: int) -> dict:
     """The ``T5Config`` fields of the ID+SID inputs and the dense head, from ``model.item_id_input``,
     ``model.dense_weight`` and ``model.retrieval``."""
@@ -261,12 +271,17 @@ class TigerRecommender(TrainableRecommender):
     ``log p_dense(item) + model.hybrid_gen_weight · log p_gen(SID)``, each candidate's SID scored
     exactly by teacher forcing; ``model.hybrid_dense_slots`` > 0 gives the last that many places of
     the ranking to the dense head's best items not ranked above them (``reserve_dense_slots``).
+
+    ``model.popularity_penalty`` β > 0 ranks every retrieval's items by their score minus
+    β · log(1 + training count) (``popularity_rerank``; the beam's by its SID log-probability, over
+    its ``beam_size`` best items); ``item_counts [N]`` are those counts (the registry passes them).
     """
 
     float_tables = ("item_text",)
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, module: Tiger | None = None,
-                 unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None, item_text=None):
+                 unroll_decoding: bool = False, decode_temperatures: jax.Array | None = None, item_text=None,
+                 item_counts=None):
         codebook_size = max(sid_table.codebook_sizes)
         self.module = module or Tiger(from_config(T5Config, model_config, num_levels=sid_table.num_levels,
                                                   codebook_size=codebook_size,
@@ -278,6 +293,14 @@ class TigerRecommender(TrainableRecommender):
         if self.hybrid_dense_slots and self.retrieval != "hybrid":
             raise ValueError(f"model.hybrid_dense_slots={self.hybrid_dense_slots} applies to model.retrieval=hybrid "
                              f"only (it is {self.retrieval!r}): set it to 0 or use hybrid retrieval")
+        self.popularity_penalty = model_config.get("popularity_penalty", 0.0)
+        self.item_log_counts = None
+        if self.popularity_penalty:
+            if item_counts is None or len(item_counts) != sid_table.num_items:
+                raise ValueError(f"model.popularity_penalty={self.popularity_penalty} needs the training count of "
+                                 f"each of the {sid_table.num_items} items (item_counts); set it to 0 to rank "
+                                 f"without it")
+            self.item_log_counts = jnp.log1p(jnp.asarray(item_counts, jnp.float32))
         self.codes = jnp.asarray(sid_table.codes, jnp.int32)
         self.trie = build_trie(sid_table.codes, codebook_size, model_config.get("trie", "auto"))
         self.children = TrieTables.of(self.trie)
@@ -395,13 +418,23 @@ class TigerRecommender(TrainableRecommender):
         return beam_search(step, caches, trie_children(tables), self.trie.num_levels, encoded.shape[0],
                            beam_size, self.decode_temperatures, self.unroll_decoding)
 
+    def beam_candidates(self, params, batch: dict, width: int) -> tuple[jax.Array, jax.Array]:
+        """The beam's ``width`` best items ``[B, width]`` (-1 padded) and their SIDs' log-probabilities."""
+        sids, scores = self.search(params, self.inputs(batch), width).results()
+        return expand_sid_ranking(sids, self.leaf_items, width, scores)
+
     def topk(self, params, batch: dict, k: int) -> jax.Array:
+        if self.retrieval == "beam" and self.popularity_penalty:
+            items, scores = self.beam_candidates(params, batch, max(self.beam_size, k))
+            return popularity_rerank(items, scores, self.item_log_counts, self.popularity_penalty, k)
         inputs = self.inputs(batch)
         if self.retrieval == "beam":
             sids, _ = self.search(params, inputs, max(self.beam_size, k)).results()
             return expand_sid_ranking(sids, self.leaf_items, k)
         encoded, mask = self.encode(params, inputs)
         dense = self.module.apply({"params": params}, encoded, mask, self.dense_items(), method=Tiger.dense_scores)
+        if self.retrieval == "dense" and self.popularity_penalty:
+            return jax.lax.top_k(dense - self.popularity_penalty * self.item_log_counts, k)[1]
         if self.retrieval == "dense":
             return jax.lax.top_k(dense, k)[1]
         width = max(self.beam_size, k)
@@ -412,8 +445,10 @@ class TigerRecommender(TrainableRecommender):
         items = jnp.concatenate([beam_items, jnp.where(repeated, -1, dense_items)], 1)  # [B, 2W], -1: none
         generative = self.candidate_log_probs(params, encoded, mask, self.codes[jnp.maximum(items, 0)])
         score = jnp.take_along_axis(dense, jnp.maximum(items, 0), 1) + self.hybrid_gen_weight * generative
-        top = jax.lax.top_k(jnp.where(items >= 0, score, -jnp.inf), k)[1]
-        ranked = jnp.take_along_axis(items, top, 1)
+        if self.popularity_penalty:
+            ranked = popularity_rerank(items, score, self.item_log_counts, self.popularity_penalty, k)
+        else:
+            ranked = jnp.take_along_axis(items, jax.lax.top_k(jnp.where(items >= 0, score, -jnp.inf), k)[1], 1)
         if not self.hybrid_dense_slots:
             return ranked
         if self.hybrid_dense_slots > k:

@@ -1,4 +1,5 @@
-"""Hybrid generative + dense retrieval on TIGER's model (ID+SID inputs, the dense head, the fused ranking)."""
+"""Hybrid generative + dense retrieval on TIGER's model (ID+SID inputs, the dense head, the fused ranking),
+and the popularity-corrected ranking of every retrieval."""
 
 import flax.linen as nn
 import jax
@@ -14,11 +15,12 @@ from gr_jax.tokenizers.sid_table import SIDTable
 K = 4
 
 
-def tiger(codes, item_text=None, **knobs):
+def tiger(codes, item_text=None, item_counts=None, **knobs):
     config = tiger_config.model_config()
     config.update(num_user_buckets=10, embed_dim=16, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
                   head_dim=8, mlp_dim=32, dropout=0.0, **knobs)
-    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]), item_text=item_text)
+    return TigerRecommender(config, SIDTable(codes, (K,) * codes.shape[1]), item_text=item_text,
+                            item_counts=item_counts)
 
 
 def item_text(num_items, dim=6):
@@ -99,6 +101,35 @@ def test_reserved_dense_slots_end_the_fused_ranking_with_the_dense_heads_best_un
         slots_model.topk(params, b, 2)
     with pytest.raises(ValueError, match="model.retrieval=hybrid only"):
         tiger(codes, beam_size=5, dense_weight=1.0, retrieval="dense", hybrid_dense_slots=2)
+
+
+@pytest.mark.parametrize("retrieval", ["beam", "dense", "hybrid"])
+def test_the_popularity_penalty_ranks_by_score_minus_penalty_times_log_count(retrieval):
+    codes = catalog()
+    num_items = len(codes)
+    counts = np.random.default_rng(3).permutation(num_items) * 7  # distinct: no ties between items
+    knobs = dict(beam_size=num_items, dense_weight=1.0, retrieval=retrieval)  # every item is a candidate
+    plain = tiger(codes, **knobs)
+    b = history_batch(num_items)
+    params = plain.init(jax.random.PRNGKey(0), b)
+    params = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    if retrieval == "beam":  # the beam's own scores of every item
+        items, scores = (np.asarray(x) for x in jax.jit(plain.beam_candidates, static_argnums=2)(params, b, num_items))
+    else:  # the plain ranking's scores: dense log-probs, or the fused score (full beam: every item a candidate)
+        encoded, mask = plain.encode(params, plain.inputs(b))
+        dense = np.asarray(plain.module.apply({"params": params}, encoded, mask, plain.dense_items(),
+                                              method=Tiger.dense_scores))
+        items = np.tile(np.arange(num_items), (len(dense), 1))
+        scores = dense if retrieval == "dense" else dense + np.asarray(plain.candidate_log_probs(
+            params, encoded, mask, plain.codes[items]))
+    model = tiger(codes, item_counts=counts, popularity_penalty=0.5, **knobs)
+    ranked = np.asarray(jax.jit(model.topk, static_argnums=2)(params, b, 5))
+    adjusted = scores - 0.5 * np.log1p(counts[items])
+    want = np.take_along_axis(items, np.argsort(-adjusted, axis=1, kind="stable")[:, :5], 1)
+    np.testing.assert_array_equal(ranked, want)
+    assert not np.array_equal(ranked, np.take_along_axis(items, np.argsort(-scores, axis=1, kind="stable")[:, :5], 1))
+    with pytest.raises(ValueError, match="needs the training count"):
+        tiger(codes, popularity_penalty=0.5, **knobs)
 
 
 def test_dense_retrieval_needs_the_dense_head():
