@@ -8,7 +8,9 @@ The beam's ``--beam`` best items and their SIDs' log-probabilities (``beam_candi
 recorded once per user and split, in ``RUN/popularity/candidates_b<W>.npz``; each penalty β then
 reranks them with the model's own ``popularity_rerank`` by log p(SID) − β · log(1 + training count),
 which is what ``--config.model.popularity_penalty=β --config.model.beam_size=W`` ranks. β = 0 is
-the plain beam at width W. JSON lines: ``"popularity_variant"`` per run and β (valid and test
+the plain beam at width W. JSON lines: ``"popularity_candidates"`` per run (the share of valid and
+test targets, and of tail targets, among the W candidates: the ceiling of any reranking),
+``"popularity_variant"`` per run and β (valid and test
 R@5/10, N@5/10, test tail R@10), ``"popularity_mean"`` per β (mean and sample std over the runs),
 then ``"popularity_selected"``: the β with the best mean valid N@10 (test never consulted).
 """
@@ -27,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary  # noqa: E402
 from gr_jax import stages  # noqa: E402
-from gr_jax.data.splits import train_item_counts  # noqa: E402
+from gr_jax.data.splits import example_index, train_item_counts  # noqa: E402
+from gr_jax.evaluation.evaluator import tail_items  # noqa: E402
 from gr_jax.models.tiger import popularity_rerank  # noqa: E402
 
 
@@ -47,6 +50,21 @@ def beam_candidates(run: str, width: int):
                            for name, array in zip(("items", "scores"), arrays)})
     with np.load(cache) as saved:
         return artifacts, {split: (saved[f"{split}_items"], saved[f"{split}_scores"]) for split in SPLITS}
+
+
+def candidate_recall(candidates: dict, artifacts) -> dict:
+    """The share of valid/test targets (and of tail targets) among the recorded candidates: the
+    ceiling of any reranking of them."""
+    users, config = artifacts.dataset.users, artifacts.config
+    tail = tail_items(users, artifacts.dataset.num_items, config.eval.tail_fraction)
+    record = {}
+    for split in SPLITS:
+        rows = example_index(users, split)
+        targets = users.items[users.offsets[rows[:, 0]] + rows[:, 1]]
+        found = (candidates[split][0][rows[:, 0]] == targets[:, None]).any(1)
+        record[f"{split}_candidate_recall"] = round(float(found.mean()), 4)
+        record[f"{split}_tail_candidate_recall"] = round(float(found[tail[targets]].mean()), 4)
+    return record
 
 
 def penalised(candidates: dict, log_counts: jax.Array, penalty: float, size: int):
@@ -70,6 +88,7 @@ def main():
     for run in args.run.split(","):
         artifacts, candidates = beam_candidates(run, args.beam)
         dataset, size = artifacts.dataset, artifacts.config.eval.list_size
+        emit({"name": "popularity_candidates", "run": run, "beam": args.beam} | candidate_recall(candidates, artifacts))
         log_counts = jnp.log1p(jnp.asarray(train_item_counts(dataset.users, dataset.num_items), jnp.float32))
         for penalty in penalties:
             record = {"name": "popularity_variant", "run": run, "beam": args.beam, "penalty": penalty}
