@@ -81,6 +81,9 @@ class PctxRecommender(TigerRecommender):
         if model_config.get("dense_weight", 0.0) > 0:
             raise ValueError("model.dense_weight: the dense head's item vectors need one SID per item, and Pctx's "
                              "items have several; set model.dense_weight=0 and model.retrieval='beam'")
+        if model_config.get("popularity_penalty", 0.0):
+            raise ValueError("model.popularity_penalty: Pctx ranks by its copy ensemble, which does not apply it; "
+                             "set model.popularity_penalty=0")
         super().__init__(model_config, sids, unroll_decoding=unroll_decoding)
         self.event_sid = jnp.asarray(sids.event_sid)
         self.item_sids = jnp.asarray(np.maximum(sids.item_sids, 0))

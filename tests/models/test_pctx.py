@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import pctx as pctx_config
 from gr_jax import stages
@@ -94,3 +95,9 @@ def test_tiny_pipeline_trains_and_evaluates(tmp_path):
     assert metrics["test"]["recall@10"] > 0.1 and metrics["valid"]["ndcg@10"] > 0.0
     reloaded = stages.Artifacts(config, str(tmp_path))
     assert reloaded.sid_table.personalized and isinstance(reloaded.model(), pctx_model.PctxRecommender)
+
+
+def test_rankings_pctx_cannot_apply_are_refused():
+    for knob, match in (("dense_weight", "one SID per item"), ("popularity_penalty", "copy ensemble")):
+        with pytest.raises(ValueError, match=match):
+            pctx_model.PctxRecommender(small_config(**{knob: 1.0}), hand_table())
