@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -86,6 +87,19 @@ def linked_workdir(run: str, *name: str) -> str:
 
 
 SPLITS = ("valid", "test")
+
+
+def trained_fingerprint(run: str) -> str:
+    """A short hash of the run's training config and best checkpoint steps: the key of what a bench
+    caches from the trained model, so that a run retrained in place is ranked anew."""
+    from gr_jax import stages
+
+    digest = hashlib.sha1()
+    with open(stages.training_config_path(run), "rb") as f:
+        digest.update(f.read())
+    best = os.path.join(run, "train", "checkpoints", "best")
+    digest.update(",".join(sorted(os.listdir(best)) if os.path.isdir(best) else []).encode())
+    return digest.hexdigest()[:10]
 
 
 def open_run(run: str, name: str, **model_overrides):

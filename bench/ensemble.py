@@ -7,7 +7,8 @@ reciprocal rank fusion of their top-K lists, the weights selected on validation.
 Each ``--runs`` is one ensemble (repeat it, e.g. once per seed, with the members in the same
 order). Each run's valid and test lists are ranked once by its own trained model and eval config
 (in ``RUN/ensemble``, linking the run's data, features, SIDs and parameters; the lists are kept in
-``RUN/ensemble/rankings.npz`` and read back by later calls). The first member has weight 1; every
+``RUN/ensemble/rankings_<hash of the training config and best checkpoint>.npz`` and read back by
+later calls). The first member has weight 1; every
 other member takes each of ``--weights``, so the grid holds every subset containing the first.
 JSON lines: ``"ensemble_member"`` per run (its lists ranked alone: they must match its own eval
 stage), ``"ensemble_variant"`` per ensemble and weight vector (``weights``, valid and test R@5/10,
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary  # noqa: E402
+from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary, trained_fingerprint  # noqa: E402,E501
 from gr_jax import stages  # noqa: E402
 from gr_jax.evaluation.fusion import RRF_CONSTANT, reciprocal_rank_fusion  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
@@ -36,13 +37,13 @@ from gr_jax.training import trainer  # noqa: E402
 
 class Member:
     """One finished run: its artifacts and every user's valid/test top-K list (``rankings[split]``,
-    ``[users, K]``), ranked once by its own model and kept in ``RUN/ensemble/rankings.npz``."""
+    ``[users, K]``), ranked once by its own trained model and kept under ``RUN/ensemble``."""
 
     def __init__(self, run: str):
         self.run = run
         self.artifacts = open_run(run, "ensemble")
         self.config, self.dataset = self.artifacts.config, self.artifacts.dataset
-        cache = self.artifacts.path("rankings.npz")
+        cache = self.artifacts.path(f"rankings_{trained_fingerprint(run)}.npz")
         if not os.path.exists(cache):
             params = stages.load_params(self.artifacts, "Ranking with")
             with trainer.mesh_context(self.config) as mesh:

@@ -5,7 +5,8 @@ over a grid of penalties and selects one on validation.
         [--penalties 0,0.1,0.25,0.5,1]
 
 The beam's ``--beam`` best items and their SIDs' log-probabilities (``beam_candidates``) are
-recorded once per user and split, in ``RUN/popularity/candidates_b<W>.npz``; each penalty β then
+recorded once per user and split, in ``RUN/popularity/candidates_b<W>_<hash of the training config
+and best checkpoint>.npz``; each penalty β then
 reranks them with the model's own ``popularity_rerank`` by log p(SID) − β · log(1 + training count),
 which is what ``--config.model.popularity_penalty=β --config.model.beam_size=W`` ranks. β = 0 is
 the plain beam at width W. JSON lines: ``"popularity_candidates"`` per run (the share of valid and
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary  # noqa: E402
+from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary, trained_fingerprint  # noqa: E402,E501
 from gr_jax import stages  # noqa: E402
 from gr_jax.data.splits import example_index, train_item_counts  # noqa: E402
 from gr_jax.evaluation.evaluator import tail_items  # noqa: E402
@@ -37,7 +38,7 @@ from gr_jax.models.tiger import popularity_rerank  # noqa: E402
 def beam_candidates(run: str, width: int):
     """(artifacts, ``{split: (items [users, W], scores [users, W])}``) of the run's beam at ``width``."""
     artifacts = open_run(run, "popularity", beam_size=width)
-    cache = artifacts.path(f"candidates_b{width}.npz")
+    cache = artifacts.path(f"candidates_b{width}_{trained_fingerprint(run)}.npz")
     if not os.path.exists(cache):
         model = artifacts.model()
         precision = model.precision
