@@ -207,8 +207,8 @@ def test_fusing_each_distinct_item_once_equals_fusing_every_slot_in_training():
         return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
     for fusion, batches in (("moe", (few, many)), ("gate", (few,))):
-        slot, item = (recommender(table, dsi_fusion=fusion, dropout=0.3, dsi_per_item=per_item)
-                      for per_item in (False, True))
+        slot, item = (recommender(table, dsi_fusion=fusion, dropout=0.3, dsi_per_item=per_item, dsi_bucket_growth=2.0)
+                      for per_item in (False, True))  # the two row counts asserted above
         params = item.init(jax.random.PRNGKey(0), few)
         slot_fused, item_fused = fused(slot), fused(item)
         for b in batches:
