@@ -102,6 +102,13 @@ def trained_fingerprint(run: str) -> str:
     return digest.hexdigest()[:10]
 
 
+def save_npz(path: str, **arrays) -> None:
+    """``np.savez`` through a temporary file and a rename, so a killed bench leaves no half-written cache."""
+    partial = path + ".partial.npz"
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
+
+
 def open_run(run: str, name: str, **model_overrides):
     """A finished run's ``stages.Artifacts`` in ``linked_workdir(run, name)``, under the config the run
     trained with (``model_overrides`` applied), its data stage rerun (reusing the run's dataset, or

@@ -29,7 +29,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary, trained_fingerprint  # noqa: E402,E501
+from bench.common import (  # noqa: E402
+    SPLITS,
+    emit,
+    evaluate_per_user,
+    open_run,
+    per_user,
+    save_npz,
+    seed_summary,
+    trained_fingerprint,
+)
 from gr_jax import stages  # noqa: E402
 from gr_jax.evaluation.fusion import RRF_CONSTANT, reciprocal_rank_fusion  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
@@ -49,7 +58,7 @@ class Member:
             with trainer.mesh_context(self.config) as mesh:
                 topk = trainer.jit_topk(self.artifacts.model(), mesh, None, self.config.eval.list_size)(params)
                 lists = per_user(lambda batch: (topk(batch),), self.artifacts, f"{run}: ranked")
-            np.savez(cache, **{split: arrays[0] for split, arrays in lists.items()})
+            save_npz(cache, **{split: arrays[0] for split, arrays in lists.items()})
         with np.load(cache) as lists:
             self.rankings = {split: lists[split] for split in SPLITS}
 

@@ -28,7 +28,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import SPLITS, emit, evaluate_per_user, open_run, per_user, seed_summary, trained_fingerprint  # noqa: E402,E501
+from bench.common import (  # noqa: E402
+    SPLITS,
+    emit,
+    evaluate_per_user,
+    open_run,
+    per_user,
+    save_npz,
+    seed_summary,
+    trained_fingerprint,
+)
 from gr_jax import stages  # noqa: E402
 from gr_jax.data.splits import example_index, train_item_counts  # noqa: E402
 from gr_jax.evaluation.evaluator import tail_items  # noqa: E402
@@ -47,7 +56,7 @@ def beam_candidates(run: str, width: int):
         search = jax.jit(lambda p, b: model.beam_candidates(p, precision.for_compute(b), width))
         recorded = per_user(lambda batch: search(params, {k: jnp.asarray(v) for k, v in batch.items()}),
                             artifacts, f"{run}: beam {width}")
-        np.savez(cache, **{f"{split}_{name}": array for split, arrays in recorded.items()
+        save_npz(cache, **{f"{split}_{name}": array for split, arrays in recorded.items()
                            for name, array in zip(("items", "scores"), arrays)})
     with np.load(cache) as saved:
         return artifacts, {split: (saved[f"{split}_items"], saved[f"{split}_scores"]) for split in SPLITS}
