@@ -29,16 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    SPLITS,
-    emit,
-    evaluate_per_user,
-    open_run,
-    per_user,
-    save_npz,
-    seed_summary,
-    trained_fingerprint,
-)
+from bench import common  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.evaluation.fusion import RRF_CONSTANT, reciprocal_rank_fusion  # noqa: E402
 from gr_jax.training import trainer  # noqa: E402
@@ -50,17 +41,17 @@ class Member:
 
     def __init__(self, run: str):
         self.run = run
-        self.artifacts = open_run(run, "ensemble")
+        self.artifacts = common.open_run(run, "ensemble")
         self.config, self.dataset = self.artifacts.config, self.artifacts.dataset
-        cache = self.artifacts.path(f"rankings_{trained_fingerprint(run)}.npz")
+        cache = self.artifacts.path(f"rankings_{common.trained_fingerprint(run)}.npz")
         if not os.path.exists(cache):
             params = stages.load_params(self.artifacts, "Ranking with")
             with trainer.mesh_context(self.config) as mesh:
                 topk = trainer.jit_topk(self.artifacts.model(), mesh, None, self.config.eval.list_size)(params)
-                lists = per_user(lambda batch: (topk(batch),), self.artifacts, f"{run}: ranked")
-            save_npz(cache, **{split: arrays[0] for split, arrays in lists.items()})
+                lists = common.per_user(lambda batch: (topk(batch),), self.artifacts, f"{run}: ranked")
+            common.save_npz(cache, **{split: arrays[0] for split, arrays in lists.items()})
         with np.load(cache) as lists:
-            self.rankings = {split: lists[split] for split in SPLITS}
+            self.rankings = {split: lists[split] for split in common.SPLITS}
 
 
 def score(members: list[Member], weights: tuple[float, ...], constant: float) -> dict:
@@ -69,7 +60,7 @@ def score(members: list[Member], weights: tuple[float, ...], constant: float) ->
         return reciprocal_rank_fusion([m.rankings[split][users] for m in members], weights,
                                       members[0].config.eval.list_size, constant)
 
-    return evaluate_per_user(fused, members[0].artifacts)
+    return common.evaluate_per_user(fused, members[0].artifacts)
 
 
 def check_same_catalogue(members: list[Member]) -> None:
@@ -97,7 +88,7 @@ def main():
     for members in ensembles:
         for i, member in enumerate(members):
             alone = tuple(float(j == i) for j in range(len(members)))
-            emit({"name": "ensemble_member", "run": member.run} | score(members, alone, args.constant))
+            common.emit({"name": "ensemble_member", "run": member.run} | score(members, alone, args.constant))
     grid = [float(w) for w in args.weights.split(",")]
     means = []
     for rest in itertools.product(grid, repeat=len(ensembles[0]) - 1):
@@ -105,10 +96,11 @@ def main():
         for members in ensembles:
             records.append({"name": "ensemble_variant", "runs": [m.run for m in members], "weights": weights,
                             "constant": args.constant} | score(members, weights, args.constant))
-            emit(records[-1])
-        means.append({"name": "ensemble_mean", "weights": weights, "ensembles": len(records)} | seed_summary(records))
-        emit(means[-1])
-    emit(max(means, key=lambda r: r["valid_ndcg@10"]) | {"name": "ensemble_selected"})
+            common.emit(records[-1])
+        means.append({"name": "ensemble_mean", "weights": weights, "ensembles": len(records)}
+                     | common.seed_summary(records))
+        common.emit(means[-1])
+    common.emit(max(means, key=lambda r: r["valid_ndcg@10"]) | {"name": "ensemble_selected"})
 
 
 if __name__ == "__main__":

@@ -28,16 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (  # noqa: E402
-    SPLITS,
-    emit,
-    evaluate_per_user,
-    open_run,
-    per_user,
-    save_npz,
-    seed_summary,
-    trained_fingerprint,
-)
+from bench import common  # noqa: E402
 from gr_jax import stages  # noqa: E402
 from gr_jax.data.splits import example_index, train_item_counts  # noqa: E402
 from gr_jax.evaluation.evaluator import tail_items  # noqa: E402
@@ -46,20 +37,20 @@ from gr_jax.models.tiger import popularity_rerank  # noqa: E402
 
 def beam_candidates(run: str, width: int):
     """(artifacts, ``{split: (items [users, W], scores [users, W])}``) of the run's beam at ``width``."""
-    artifacts = open_run(run, "popularity", beam_size=width)
-    cache = artifacts.path(f"candidates_b{width}_{trained_fingerprint(run)}.npz")
+    artifacts = common.open_run(run, "popularity", beam_size=width)
+    cache = artifacts.path(f"candidates_b{width}_{common.trained_fingerprint(run)}.npz")
     if not os.path.exists(cache):
         model = artifacts.model()
         precision = model.precision
         params = jax.jit(lambda p: model.eval_params(precision.for_compute(p)))(
             stages.load_params(artifacts, "Ranking with"))
         search = jax.jit(lambda p, b: model.beam_candidates(p, precision.for_compute(b), width))
-        recorded = per_user(lambda batch: search(params, {k: jnp.asarray(v) for k, v in batch.items()}),
+        recorded = common.per_user(lambda batch: search(params, {k: jnp.asarray(v) for k, v in batch.items()}),
                             artifacts, f"{run}: beam {width}")
-        save_npz(cache, **{f"{split}_{name}": array for split, arrays in recorded.items()
+        common.save_npz(cache, **{f"{split}_{name}": array for split, arrays in recorded.items()
                            for name, array in zip(("items", "scores"), arrays)})
     with np.load(cache) as saved:
-        return artifacts, {split: (saved[f"{split}_items"], saved[f"{split}_scores"]) for split in SPLITS}
+        return artifacts, {split: (saved[f"{split}_items"], saved[f"{split}_scores"]) for split in common.SPLITS}
 
 
 def candidate_recall(candidates: dict, artifacts) -> dict:
@@ -68,7 +59,7 @@ def candidate_recall(candidates: dict, artifacts) -> dict:
     users, config = artifacts.dataset.users, artifacts.config
     tail = tail_items(users, artifacts.dataset.num_items, config.eval.tail_fraction)
     record = {}
-    for split in SPLITS:
+    for split in common.SPLITS:
         rows = example_index(users, split)
         targets = users.items[users.offsets[rows[:, 0]] + rows[:, 1]]
         found = (candidates[split][0][rows[:, 0]] == targets[:, None]).any(1)
@@ -98,18 +89,19 @@ def main():
     for run in args.run.split(","):
         artifacts, candidates = beam_candidates(run, args.beam)
         dataset, size = artifacts.dataset, artifacts.config.eval.list_size
-        emit({"name": "popularity_candidates", "run": run, "beam": args.beam} | candidate_recall(candidates, artifacts))
+        common.emit({"name": "popularity_candidates", "run": run, "beam": args.beam}
+                    | candidate_recall(candidates, artifacts))
         log_counts = jnp.log1p(jnp.asarray(train_item_counts(dataset.users, dataset.num_items), jnp.float32))
         for penalty in penalties:
             record = {"name": "popularity_variant", "run": run, "beam": args.beam, "penalty": penalty}
             rank = penalised(candidates, log_counts, penalty, size)
-            by_penalty[penalty].append(record | evaluate_per_user(rank, artifacts))
-            emit(by_penalty[penalty][-1])
+            by_penalty[penalty].append(record | common.evaluate_per_user(rank, artifacts))
+            common.emit(by_penalty[penalty][-1])
     means = [{"name": "popularity_mean", "beam": args.beam, "penalty": p, "runs": len(records)}
-             | seed_summary(records) for p, records in by_penalty.items()]
+             | common.seed_summary(records) for p, records in by_penalty.items()]
     for record in means:
-        emit(record)
-    emit(max(means, key=lambda r: r["valid_ndcg@10"]) | {"name": "popularity_selected"})
+        common.emit(record)
+    common.emit(max(means, key=lambda r: r["valid_ndcg@10"]) | {"name": "popularity_selected"})
 
 
 if __name__ == "__main__":
