@@ -46,9 +46,9 @@ def beam_candidates(run: str, width: int):
             stages.load_params(artifacts, "Ranking with"))
         search = jax.jit(lambda p, b: model.beam_candidates(p, precision.for_compute(b), width))
         recorded = common.per_user(lambda batch: search(params, {k: jnp.asarray(v) for k, v in batch.items()}),
-                            artifacts, f"{run}: beam {width}")
+                                   artifacts, f"{run}: beam {width}")
         common.save_npz(cache, **{f"{split}_{name}": array for split, arrays in recorded.items()
-                           for name, array in zip(("items", "scores"), arrays)})
+                                  for name, array in zip(("items", "scores"), arrays)})
     with np.load(cache) as saved:
         return artifacts, {split: (saved[f"{split}_items"], saved[f"{split}_scores"]) for split in common.SPLITS}
 
