@@ -35,6 +35,6 @@ setup(
         "retrieval": ["scann>=1.4"],  # ANN serving
         # TPU runtime; on any machine python -m gr_jax.aot compiles for TPU topologies with it (and
         # tests/training/test_aot.py runs). On a CPU/GPU box it makes JAX print TPU-discovery warnings.
-        "tpu": ["libtpu"],
+        "tpu": ["jax[tpu]"],  # the libtpu release built for the installed jax (a newer one fails to compile)
     },
 )

@@ -157,9 +157,13 @@ def create_state(model: TrainableRecommender, optimizer, config, mesh, example: 
 def abstract_state(model: TrainableRecommender, optimizer, config, mesh, example: dict):
     """The train state's shapes, dtypes and shardings, nothing allocated (ahead-of-time compilation);
     returns (abstract state, state_shardings)."""
-    boxed = jax.eval_shape(_state_creator(model, optimizer), jax.random.PRNGKey(0), example)
+    # An abstract key: nothing concrete may be made under a mesh of devices this host lacks (AOT).
+    create, rng = _state_creator(model, optimizer), jax.ShapeDtypeStruct((2,), jnp.uint32)
+    boxed = jax.eval_shape(create, rng, example)
     shardings = sharding.state_shardings(boxed, mesh, sharding.logical_rules(config))
-    shapes = nn.meta.unbox(boxed)
+    # Unboxed while traced: unboxing applies each parameter's sharding constraint, which a concrete
+    # mesh refuses on shapes alone.
+    shapes = jax.eval_shape(lambda r, b: nn.meta.unbox(create(r, b)), rng, example)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                         shardings), shardings
 

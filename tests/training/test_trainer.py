@@ -145,6 +145,26 @@ def test_model_vocab_multiple_pads_a_token_table_that_does_not_split_over_the_mo
     assert bool(metrics["finite"])
 
 
+def test_abstract_state_matches_the_created_state_on_a_device_mesh():
+    """Shapes, dtypes and shardings without allocating (FLOP counts, ahead-of-time compilation)."""
+    dataset, _ = generate(SyntheticConfig(num_users=150, num_items=100, branching=(3, 3, 2)))
+    model_cfg = tiger_config.model_config()
+    model_cfg.update(num_user_buckets=50, embed_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_heads=4,
+                     head_dim=4, mlp_dim=32, beam_size=4, vocab_multiple=8)
+    model = TigerRecommender(model_cfg, SIDTable(np.random.default_rng(0).integers(0, 16, (100, 4)), (16,) * 4))
+    config = sasrec.get_config("tiny")
+    config.mesh.data, config.mesh.model = 2, 4
+    optimizer = make_optimizer(config.train, 1)
+    batch = train_dataset(dataset.users, max_history=8, global_batch_size=16, seed=0)[0]
+    with trainer.mesh_context(config) as mesh:
+        batch = sharding.shard_batch(batch, mesh)
+        abstract, _ = trainer.abstract_state(model, optimizer, config, mesh, batch)
+        state, _ = trainer.create_state(model, optimizer, config, mesh, batch, seed=0)
+    described = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding.spec), tree)
+    assert described(abstract) == described(state)
+    assert abstract.params["token_embed"]["embedding"].sharding.spec[0] == "model"
+
+
 def test_mesh_context_applies_the_models_activation_sharding_constraints():
     """Flax reads the mesh from ``jax.sharding.get_abstract_mesh()``; under the legacy ``with mesh:``
     that is empty and every ``nn.with_logical_constraint`` is silently skipped."""
