@@ -1,15 +1,17 @@
 """Training and decode throughput of every model family, float32 and bfloat16 side by side, on
 this process's default device, with both matmul peaks measured in the same process.
 
-    python bench/accelerator.py [--models tiger,tiger_item,prism,sasrec,two_tower,crbr,gat]
+    python bench/accelerator.py [--models tiger,tiger_item,prism,pctx,sasrec,two_tower,crbr,latent,gat,semconv]
         [--dtypes float32,bfloat16] [--batch_size 256] [--decode_batch_size 64] [--steps 20] [--flops_only]
 
 Shapes of ``bench/train_throughput.py`` / ``bench/decode.py``: each family at its ``:scientific``
 size over 4,344 items, 20-item histories, 4-level SIDs, beam 20 (``tiger``: one token per code,
-``tiger_item``: one vector per history item). bfloat16 rows use ``gr_jax.precision`` (bfloat16
+``tiger_item``: one vector per history item; ``pctx`` decodes its 5-copy ensemble; ``semconv`` is the
+from-scratch LLM over made-up titles and its own BPE vocabulary). bfloat16 rows use ``gr_jax.precision`` (bfloat16
 compute, float32 parameters and optimizer). FLOPs come from the lowered program (XLA's GPU cost
 analysis misses cuBLAS calls in the compiled one); decode FLOPs from the beam search with its depth
-loop unrolled (``flops_exact`` false where a loop is counted once: CRBR's routing beam). One JSON
+loop unrolled (``flops_exact`` false where a loop is counted once: the routing beams of CRBR and the
+latent model). One JSON
 line per (model, dtype, kind); ``bench/peer_t5.py`` gives the PyTorch peer's lines.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +31,11 @@ from bench.common import emit, matmul_peak_gflops  # noqa: E402
 from bench.tiger_setup import (  # noqa: E402
     build,
     build_gat,
+    build_pctx,
     build_prism,
     build_retriever,
     build_sasrec,
+    build_semconv,
     compiled_flops,
     random_batch,
     time_train_steps,
@@ -42,15 +47,27 @@ from gr_jax.training import sharding, trainer  # noqa: E402
 from gr_jax.training.optim import make_optimizer  # noqa: E402
 
 NUM_ITEMS = 4344
+EVENTS_PER_ITEM = 2  # Pctx's events: event e is one of item e % NUM_ITEMS's
+
+
+def _semconv(unroll: bool):
+    """The LLM over a vocabulary trained into a scratch directory (read once, at construction)."""
+    with tempfile.TemporaryDirectory(prefix="semconv-llm-") as llm_dir:
+        return build_semconv(llm_dir, unroll_decoding=unroll)
+
+
 # name -> (builder(unroll_decoding) -> model, decode FLOPs exact with the unrolled build)
 MODELS = {
     "tiger": (lambda unroll: build(False, unroll_decoding=unroll), True),
     "tiger_item": (lambda unroll: build(True, unroll_decoding=unroll), True),
     "prism": (lambda unroll: build_prism(True, unroll_decoding=unroll), True),
+    "pctx": (lambda unroll: build_pctx(events_per_item=EVENTS_PER_ITEM, unroll_decoding=unroll), True),
     "sasrec": (lambda unroll: build_sasrec(), True),
     "two_tower": (lambda unroll: build_retriever("two_tower"), True),
     "crbr": (lambda unroll: build_retriever("crbr"), False),
+    "latent": (lambda unroll: build_retriever("latent"), False),
     "gat": (lambda unroll: build_gat(unroll_decoding=unroll), True),
+    "semconv": (_semconv, True),
 }
 
 
@@ -64,8 +81,9 @@ def setup(name: str, dtype: str, args):
     config = tiger_config.get_config()
     config.mesh.data = 1
     optimizer = make_optimizer(config.train, 10_000)
-    batch = random_batch(args.batch_size, args.history, NUM_ITEMS, actions=name == "gat")
-    decode_batch = random_batch(args.decode_batch_size, args.history, NUM_ITEMS, seed=1, actions=name == "gat")
+    extras = {"actions": name == "gat", "events_per_item": EVENTS_PER_ITEM if name == "pctx" else 0}
+    batch = random_batch(args.batch_size, args.history, NUM_ITEMS, **extras)
+    decode_batch = random_batch(args.decode_batch_size, args.history, NUM_ITEMS, seed=1, **extras)
     return model, unrolled, precision, config, optimizer, batch, decode_batch
 
 

@@ -16,7 +16,7 @@
 # WHEELS: a folder of wheels to install to /tmp/site first (a host without network).
 set -o pipefail
 OUT=${OUT:-runs/accel}; BUDGET=${BUDGET:-540}; SEEDS=${SEEDS:-"0 1"}
-MODELS=${MODELS:-tiger_item,tiger,sasrec,prism,gat,two_tower,crbr}
+MODELS=${MODELS:-tiger_item,tiger,prism,pctx,semconv,gat,two_tower,crbr,latent,sasrec}
 DATA=${DATA:-../shared/data/scientific}; INDEX=${INDEX:-}; WORK=${WORK:-/tmp/accel-quality}
 mkdir -p "$OUT" "$WORK"
 RESULTS="$OUT/results.jsonl"; ERRORS="$OUT/errors.log"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 
 import jax
@@ -12,16 +13,21 @@ import numpy as np
 
 from bench.common import load_config, load_dataset
 from configs import gat as gat_config
+from configs import pctx as pctx_config
 from configs import prism as prism_config
 from configs import sasrec as sasrec_config
+from configs import semconv as semconv_config
 from configs import tiger as tiger_config
-from gr_jax.data.dataset import Interactions
+from gr_jax.data.dataset import Interactions, ItemTable
 from gr_jax.data.pipeline import train_rows
 from gr_jax.data.splits import assemble_batch
 from gr_jax.models.crbr_recommender import CRBRRecommender
 from gr_jax.models.gat import GATRecommender
+from gr_jax.models.latent import LatentRecommender
+from gr_jax.models.pctx import PctxRecommender
 from gr_jax.models.prism import PrismRecommender
 from gr_jax.models.sasrec import SASRecRecommender
+from gr_jax.models.semconv import SemConvRecommender
 from gr_jax.models.tiger import TigerRecommender
 from gr_jax.models.two_tower import TwoTowerRecommender
 from gr_jax.stages.features import Features
@@ -75,22 +81,69 @@ def build_gat(num_items: int = 4344, num_levels: int = 4, codebook_size: int = 2
                           frozen=tuple(gat_config.get_config().train.frozen))
 
 
+def build_pctx(num_items: int = 4344, sids_per_item: float = 1.66, events_per_item: int = 2, num_levels: int = 4,
+               codebook_size: int = 256, beam_size: int = 20, unroll_decoding: bool = False) -> PctxRecommender:
+    """Pctx of ``configs/pctx.py:scientific`` over a random personalized table: every item keeps one SID
+    and ``sids_per_item`` on average (Scientific's at the default merge threshold, BENCHMARKS.md), and
+    event ``e`` belongs to item ``e % num_items`` (``random_batch(..., events=True)``)."""
+    model_cfg = pctx_config.get_config("scientific").model
+    model_cfg.beam_size = beam_size
+    rng = np.random.default_rng(0)
+    extra = rng.integers(0, num_items, round((sids_per_item - 1) * num_items))
+    sid_item = np.concatenate([np.arange(num_items), extra]).astype(np.int32)
+    codes = random_sid_codes(len(sid_item), num_levels, codebook_size)
+    sids_of = [np.flatnonzero(sid_item == item) for item in range(num_items)]
+    event_item = np.arange(num_items * events_per_item) % num_items
+    event_sid = np.array([rng.choice(sids_of[item]) for item in event_item], np.int32)
+    sid_counts = np.maximum(np.bincount(event_sid, minlength=len(sid_item)), 1)
+    table = SIDTable(codes, (codebook_size,) * num_levels, sid_item=sid_item, event_sid=event_sid,
+                     sid_counts=sid_counts)
+    return PctxRecommender(model_cfg, table, unroll_decoding=unroll_decoding)
+
+
+def build_semconv(llm_dir: str, num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256,
+                  beam_size: int = 20, unroll_decoding: bool = False) -> SemConvRecommender:
+    """Semantic Convergence's from-scratch LLM of ``configs/semconv.py:scientific`` over random SIDs and
+    made-up titles, its BPE vocabulary (``features.llm.vocab_size``) trained into ``llm_dir``."""
+    from gr_jax.llm import prompts, vocab
+
+    config = semconv_config.get_config("scientific")
+    config.model.beam_size = beam_size
+    rng = np.random.default_rng(0)
+    words = np.array(["glass", "beaker", "nitrile", "gloves", "digital", "caliper", "safety", "goggles", "pipette",
+                      "tips", "flask", "microscope", "slides", "funnel", "burette", "stand", "clamp", "scale"])
+    titles = [" ".join(rng.choice(words, 4)) + f" {i}" for i in range(num_items)]
+    categories = [("Science", str(rng.choice(words))) for _ in range(num_items)]
+    tokenizer = vocab.train_text_tokenizer(titles + prompts.template_texts(), config.features.llm.vocab_size)
+    os.makedirs(llm_dir, exist_ok=True)
+    tokenizer.save(os.path.join(llm_dir, "tokenizer.json"))
+    np.save(os.path.join(llm_dir, "token_embeddings.npy"),
+            vocab.random_token_embeddings(tokenizer.get_vocab_size(), config.model.hidden_size, 0))
+    items = ItemTable([str(i) for i in range(num_items)], titles, [""] * num_items, [""] * num_items, categories)
+    table = SIDTable(random_sid_codes(num_items, num_levels, codebook_size), (codebook_size,) * num_levels)
+    return SemConvRecommender(config.model, table, items, llm_dir, unroll_decoding=unroll_decoding)
+
+
 def build_sasrec(num_items: int = 4344, history: int = 20) -> SASRecRecommender:
     """SASRec of ``configs/sasrec.py:scientific`` (full-softmax CE over the catalogue)."""
     return SASRecRecommender(sasrec_config.get_config("scientific").model, num_items, history)
 
 
 def build_retriever(name: str, num_items: int = 4344, text_dim: int = 384, cf_dim: int = 64):
-    """The two-tower or CRBR model of ``configs/<name>.py:scientific`` over random text + CF features."""
+    """The two-tower, CRBR or latent-tokenization model of ``configs/<name>.py:scientific`` over random
+    text + CF features."""
     model_cfg = importlib.import_module(f"configs.{name}").get_config("scientific").model
     rng = np.random.default_rng(0)
     features = Features(text=rng.normal(size=(num_items, text_dim)).astype(np.float32),
                         cf=rng.normal(size=(num_items, cf_dim)).astype(np.float32))
-    return (TwoTowerRecommender if name == "two_tower" else CRBRRecommender)(model_cfg, features)
+    kind = {"two_tower": TwoTowerRecommender, "crbr": CRBRRecommender, "latent": LatentRecommender}[name]
+    return kind(model_cfg, features)
 
 
-def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, actions: bool = False) -> dict:
-    """A batch of random histories; ``actions``: also clicks and skips (half each) for GAT."""
+def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, actions: bool = False,
+                 events_per_item: int = 0) -> dict:
+    """A batch of random histories; ``actions``: also clicks and skips (half each) for GAT;
+    ``events_per_item``: also event indices (Pctx), event ``e`` of item ``e % num_items``."""
     rng = np.random.default_rng(seed)
     batch = {"user": jnp.asarray(rng.integers(0, 10_000, batch_size), jnp.int32),
              "history": jnp.asarray(rng.integers(0, num_items, (batch_size, history)), jnp.int32),
@@ -99,6 +152,9 @@ def random_batch(batch_size: int, history: int, num_items: int, seed: int = 0, a
     if actions:
         batch["history_actions"] = jnp.asarray(rng.choice([1, 4], (batch_size, history)), jnp.int32)
         batch["target_action"] = jnp.asarray(rng.choice([1, 4], batch_size), jnp.int32)
+    if events_per_item:
+        for name, items in (("history_event", batch["history"]), ("target_event", batch["target"])):
+            batch[name] = items + num_items * jnp.asarray(rng.integers(0, events_per_item, items.shape), jnp.int32)
     return batch
 
 

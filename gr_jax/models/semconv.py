@@ -54,11 +54,12 @@ class SemConvRecommender(TrainableRecommender):
 
     ``llm_dir``: the features stage's LLM vocabulary directory (``tokenizer.json`` and, from
     scratch, ``token_embeddings.npy``). ``code_embeddings`` ``[L, K, D]``: the aligned code-token
-    rows (None: random code rows, the no-alignment ablation).
+    rows (None: random code rows, the no-alignment ablation). ``unroll_decoding``: unroll the beam
+    search's depth loop (only to count its FLOPs).
     """
 
     def __init__(self, model_config: ml_collections.ConfigDict, sid_table: SIDTable, items: ItemTable, llm_dir: str,
-                 code_embeddings: np.ndarray | None = None, seed: int = 0):
+                 code_embeddings: np.ndarray | None = None, seed: int = 0, unroll_decoding: bool = False):
         if sid_table.personalized:
             raise ValueError("model.name='semconv' needs one SID per item; tokenizer.name='pctx' is personalized")
         c = model_config
@@ -106,6 +107,7 @@ class SemConvRecommender(TrainableRecommender):
         if not any(self.task_weights.values()):
             raise ValueError(f"model.tasks={self.task_weights}: every weight is 0; give at least one task a weight")
         self.beam_size = c.beam_size
+        self.unroll_decoding = unroll_decoding
         if c.lora_rank:  # the base transformer freezes; the token table stays trainable for the code rows
             self.frozen = tuple(p for p in lora_frozen_patterns() if not p.endswith("/embedding"))
 
@@ -210,7 +212,8 @@ class SemConvRecommender(TrainableRecommender):
             unflat = jax.tree.map(lambda x: x.reshape((batch_size, beam_size) + x.shape[1:]), flat)
             return log_probs.reshape(batch_size, beam_size, -1), unflat
 
-        return beam_search(step, cache, trie_children(self.children), self.num_levels, batch_size, beam_size)
+        return beam_search(step, cache, trie_children(self.children), self.num_levels, batch_size, beam_size,
+                           unroll=self.unroll_decoding)
 
     def topk(self, params, batch: dict, k: int) -> jax.Array:
         sids, _ = self.search(params, batch, max(self.beam_size, k)).results()
