@@ -7,9 +7,9 @@ validation and test, and selects the fusion weight on validation.
 ``--run`` is one or more finished runs (e.g. one per seed), each trained with
 ``model.dense_weight > 0`` (the dense head). Each variant is the eval stage of that run's config,
 with ``model.retrieval`` (and ``model.hybrid_gen_weight``, ``model.hybrid_dense_slots``) changed, in
-``RUN/retrieval/<variant>``
-(the run's own ``eval/metrics.json`` for the variant it was trained with; linking the run's data,
-features, SIDs and trained parameters; a variant whose ``eval/metrics.json`` exists is read, not rerun).
+``RUN/retrieval/<trained model's fingerprint>/<variant>`` (the run's own ``eval/metrics.json`` for the
+variant it was trained with; linking the run's data, features, SIDs and trained parameters; a variant
+whose ``eval/metrics.json`` exists is read, not rerun, and a run retrained in place gets a new folder).
 One JSON line per
 variant: ``{"name": "retrieval_variant", "run", "variant", "retrieval", "gen_weight", "dense_slots", valid and
 test R@5/10 N@5/10, "test_tail_recall@10", "seconds"}``, then per variant ``{"name": "retrieval_mean",
@@ -31,7 +31,7 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, linked_workdir, ranking_record, seed_summary  # noqa: E402
+from bench.common import emit, linked_workdir, ranking_record, seed_summary, trained_fingerprint  # noqa: E402
 from gr_jax import stages  # noqa: E402
 
 
@@ -47,14 +47,15 @@ def run_config(run: str) -> ml_collections.ConfigDict:
 
 def evaluate(run: str, config: ml_collections.ConfigDict, retrieval: str, weight: float, slots: int = 0) -> dict:
     variant = retrieval if retrieval != "hybrid" else f"hybrid_w{weight:g}" + (f"_s{slots}" if slots else "")
-    result = os.path.join(run, "retrieval", variant, "eval", "metrics.json")
+    folder = ("retrieval", trained_fingerprint(run), variant)
+    result = os.path.join(run, *folder, "eval", "metrics.json")
     model = config.model
     own = (model.retrieval, model.get("hybrid_gen_weight", 1.0), model.get("hybrid_dense_slots", 0))
     if own[0] == retrieval and (retrieval != "hybrid" or own[1:] == (weight, slots)):
         result = os.path.join(run, "eval", "metrics.json")  # the run's own evaluation
     tic = time.time()
     if not os.path.exists(result):
-        workdir = linked_workdir(run, "retrieval", variant)
+        workdir = linked_workdir(run, *folder)
         config = ml_collections.ConfigDict(config.to_dict())
         config.stages = "data,eval"  # data: reuses the run's dataset, or rebuilds it if its source files changed
         config.model.retrieval, config.model.hybrid_gen_weight = retrieval, weight
