@@ -43,10 +43,14 @@ def random_sid_codes(num_items: int, num_levels: int, codebook_size: int, seed: 
 
 
 def build(item_level_history: bool, num_items: int = 4344, num_levels: int = 4, codebook_size: int = 256,
-          beam_size: int = 20, dropout_impl: str = "hash", unroll_decoding: bool = False) -> TigerRecommender:
+          beam_size: int = 20, dropout_impl: str = "hash", unroll_decoding: bool = False,
+          dropout: float | None = None) -> TigerRecommender:
+    """TIGER of ``configs/tiger.py`` (its dropout rate unless ``dropout`` is given)."""
     model_cfg = tiger_config.get_config().model
     model_cfg.item_level_history = item_level_history
     model_cfg.dropout_impl = dropout_impl
+    if dropout is not None:
+        model_cfg.dropout = dropout
     model_cfg.beam_size = beam_size
     table = SIDTable(random_sid_codes(num_items, num_levels, codebook_size), (codebook_size,) * num_levels)
     return TigerRecommender(model_cfg, table, unroll_decoding=unroll_decoding)

@@ -16,6 +16,38 @@ def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
     return jax.nn.softmax(logits.astype(jnp.float32), axis).astype(logits.dtype)
 
 
+@jax.custom_vjp
+def add_batch_shared(x: jax.Array, shared: jax.Array) -> jax.Array:
+    """``x + shared`` for ``shared`` of shape ``(1,) + x.shape[1:]`` (e.g. T5's relative-position bias).
+
+    The gradient of ``shared`` sums the batch of cotangents as a dot with a ones vector (float32
+    accumulation): XLA:CPU reduces a leading axis of attention logits ~40x slower than it runs that
+    dot (``bench/cpu_kernels.py``: ``batch_sum``; the whole step: ``bench/step_kernels.py``).
+    """
+    if shared.shape != (1,) + x.shape[1:] or shared.dtype != x.dtype:
+        raise ValueError(f"add_batch_shared: shared is {shared.dtype}{list(shared.shape)}, expected "
+                         f"{x.dtype}{[1, *x.shape[1:]]}")
+    return x + shared
+
+
+def _add_batch_shared_fwd(x, shared):
+    return add_batch_shared(x, shared), None
+
+
+def _add_batch_shared_bwd(_, g):
+    return g, batch_sum(g).astype(g.dtype)[None]
+
+
+add_batch_shared.defvjp(_add_batch_shared_fwd, _add_batch_shared_bwd)
+
+
+def batch_sum(x: jax.Array) -> jax.Array:
+    """``x.sum(0)`` as a dot with a ones vector, accumulated in float32 (``add_batch_shared``)."""
+    ones = jnp.ones(x.shape[:1], x.dtype)
+    return jax.lax.dot_general(ones, x, (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                               preferred_element_type=jnp.float32)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Rows of ``x`` scaled to unit L2 norm along the last axis (zero rows stay zero)."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)

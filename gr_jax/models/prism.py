@@ -64,7 +64,7 @@ import numpy as np
 
 from gr_jax.config_schema import check_choice
 from gr_jax.decoding.trie import Trie
-from gr_jax.models.layers.dropout import Dropout, hash_bits, hash_keep_mask, mix_keys
+from gr_jax.models.layers.dropout import Dropout, hash_bits, hash_keep_mask, masked_relu, mix_keys
 from gr_jax.models.layers.structs import from_config
 from gr_jax.models.layers.t5 import T5Config
 from gr_jax.models.tiger import Tiger, TigerRecommender, hybrid_fields, token_nll
@@ -188,17 +188,18 @@ class MoEFusion(nn.Module):
         """Each expert's own LayerNorm of its hidden units (``h [E, ..., h]``; scale and bias ``[E, h]``)."""
         return nn.LayerNorm(reduction_axes=-1, feature_axes=(0, -1), name=name)(h)
 
-    def _expert_dropout(self, h, train, keys, seed):
-        """``Dropout`` of expert-major ``h [E, ..., h]`` with the mask a token-major ``[..., E, h]`` array
-        would draw (``hash``: keyed per token row, so the masks do not depend on the layout)."""
+    def _expert_relu_dropout(self, h, train, keys, seed):
+        """``Dropout(relu=True)`` of expert-major ``h [E, ..., h]`` with the mask a token-major
+        ``[..., E, h]`` array would draw (``hash``: keyed per token row, so the masks do not depend
+        on the layout)."""
         if not train or self.dropout == 0.0:
-            return h
+            return nn.relu(h)
         if self.dropout_impl != "hash":
-            return Dropout(self.dropout, self.dropout_impl)(h, deterministic=False, seed=seed)
+            return Dropout(self.dropout, self.dropout_impl)(h, deterministic=False, seed=seed, relu=True)
         if seed is None:
             seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
         keep = jnp.moveaxis(hash_keep_mask(seed, h.shape[1:-1] + (h.shape[0], h.shape[-1]), self.dropout, keys), -2, 0)
-        return jnp.where(keep, h / (1.0 - self.dropout), jnp.zeros_like(h))
+        return masked_relu(h, keep, self.dropout)
 
     def _noise(self, shape, dtype, keys, seed):
         if seed is None:
@@ -233,9 +234,9 @@ class MoEFusion(nn.Module):
         one_hot = jax.nn.one_hot(top_index, self.num_experts, dtype=probs.dtype)  # [..., k, E]
         gates = (one_hot * top_weights[..., None]).sum(-2)  # [..., E], zero outside the top-k
         h = self._expert_layer(x, self.expert_dim, "expert_in", first=True)  # [E, ..., d_moe]
-        h = self._expert_dropout(nn.relu(self._expert_norm(h, "expert_norm")), train, keys, site())
-        h = nn.relu(self._expert_layer(h, self.expert_dim // 2, "expert_mid", first=False))
-        h = self._expert_dropout(h, train, keys, site())
+        h = self._expert_relu_dropout(self._expert_norm(h, "expert_norm"), train, keys, site())
+        h = self._expert_layer(h, self.expert_dim // 2, "expert_mid", first=False)
+        h = self._expert_relu_dropout(h, train, keys, site())
         h = self._expert_norm(self._expert_layer(h, self.expert_dim // 4, "expert_out", first=False), "expert_out_norm")
         mixed = jnp.einsum("...e,e...h->...h", gates, h)
         fused = nn.LayerNorm(name="output_norm")(nn.Dense(d, kernel_init=_xavier_half, name="output")(mixed))
@@ -266,7 +267,7 @@ class CodebookPredictor(nn.Module):
         for level in range(self.num_levels):
             h = jnp.concatenate([states[:, level], context], -1)
             h = nn.LayerNorm(name=f"level{level}_norm")(nn.Dense(d // 2, name=f"level{level}_hidden")(h))
-            h = Dropout(self.dropout, self.dropout_impl)(nn.relu(h), deterministic=not train)
+            h = Dropout(self.dropout, self.dropout_impl)(h, deterministic=not train, relu=True)
             prediction = nn.Dense(self.out_dim, name=f"level{level}_out")(h)
             predictions.append(prediction)
             context = previous(prediction)

@@ -6,7 +6,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gr_jax.models.layers.dropout import Dropout, fmix32, hash_bits, hash_keep_mask
+from gr_jax.models.layers.dropout import (
+    Dropout,
+    fmix32,
+    hash_bits,
+    hash_keep_mask,
+    masked_relu,
+    masked_relu_reference,
+)
 from gr_jax.training import sharding
 
 
@@ -23,6 +30,22 @@ def test_keep_rate_and_inverted_scaling():
     assert abs(kept.mean() - 0.9) < 0.005
     np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
     assert np.array_equal(np.asarray(module.apply({}, x, True)), np.asarray(x))
+
+
+def test_fused_relu_dropout_equals_relu_then_dropout_in_values_and_gradients():
+    x = jax.random.normal(jax.random.PRNGKey(0), (32, 48)).at[0, :8].set(0.0)  # relu'(0) = 0 in both
+    keep = hash_keep_mask(jnp.uint32(3), x.shape, 0.2)
+    weights = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    for fn in (masked_relu, masked_relu_reference):
+        np.testing.assert_array_equal(fn(x, keep, 0.2), masked_relu_reference(x, keep, 0.2))
+        np.testing.assert_array_equal(jax.grad(lambda v, fn=fn: (fn(v, keep, 0.2) * weights).sum())(x),
+                                      jax.grad(lambda v: (masked_relu_reference(v, keep, 0.2) * weights).sum())(x))
+    rngs = {"dropout": jax.random.PRNGKey(2)}
+    for impl in ("hash", "threefry"):
+        module = Dropout(0.2, impl)
+        np.testing.assert_array_equal(module.apply({}, x, False, relu=True, rngs=rngs),
+                                      module.apply({}, jax.nn.relu(x), False, rngs=rngs))
+        np.testing.assert_array_equal(module.apply({}, x, True, relu=True), jax.nn.relu(x))
 
 
 def test_masks_differ_across_keys_and_have_no_row_structure():

@@ -2,11 +2,14 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import sasrec
 from gr_jax.models.layers.t5 import dense_init, proj
+from gr_jax.ops import add_batch_shared
 from gr_jax.training import trainer
 
 
@@ -33,3 +36,24 @@ def test_projection_initialises_inside_jit_on_a_model_split_mesh():
             np.ones((8, 5, 6), np.float32))
     assert tuple(nn.logical_to_mesh_axes(specs, config.sharding.rules)) == (None, None, "model", None)
     assert out.shape == (8, 5, 3, 4, 2) and mesh.shape["model"] == 2
+
+
+def test_batch_shared_bias_gradient_equals_the_broadcast_adds_on_a_split_mesh():
+    """``add_batch_shared`` (the bias gradient as a dot with ones) against ``x + bias``, batch over the
+    data axis and heads over the model axis."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 9, 9))
+    bias = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 9, 9))
+    weights = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+
+    def grads(add):
+        return jax.jit(jax.grad(lambda x, b: (jnp.tanh(add(x, b)) * weights).sum(), (0, 1)))(x, bias)
+
+    config = sasrec.get_config("tiny")
+    config.mesh.data, config.mesh.model = 4, 2
+    with trainer.mesh_context(config) as mesh:
+        x = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", "model")))
+        fast, reference = grads(add_batch_shared), grads(lambda x, b: x + b)
+    np.testing.assert_array_equal(fast[0], reference[0])
+    np.testing.assert_allclose(fast[1], reference[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="expected float32"):
+        add_batch_shared(x, bias[:, :2])

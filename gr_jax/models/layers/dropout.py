@@ -8,6 +8,11 @@ CPU halves the cost of a TIGER-size training step. The index is a global ``iota`
 masks do not depend on how the array is sharded; with ``keys`` (one integer per row of the
 leading axes, e.g. an item id) it is ``key * row_size + index within the row``, so a row draws
 the same bits wherever it sits in the array.
+
+``relu=True`` applies ReLU first, with the two masks as one predicate: XLA then keeps that boolean
+array for the backward pass. ReLU followed by dropout instead lets XLA re-derive the hash mask
+inside the transposing backward fusion of every feed-forward layer, which on CPU costs more than
+the ReLU-dropout itself (BENCHMARKS.md, accelerators).
 """
 
 from __future__ import annotations
@@ -56,6 +61,17 @@ def hash_keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, keys: j
     return hash_bits(seed, shape, keys) >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
 
 
+def masked_relu(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """``where(keep, relu(x) / (1 - rate), 0)`` with one predicate, ``keep & (x > 0)``: the gradient's
+    residual is that boolean array (module docstring)."""
+    return jnp.where(keep & (x > 0), x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def masked_relu_reference(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """``masked_relu`` as ReLU, then dropout: same values and gradients (tests, ``bench/step_kernels.py``)."""
+    return jnp.where(keep, nn.relu(x) / (1.0 - rate), jnp.zeros_like(x))
+
+
 class Dropout(nn.Module):
     """``nn.Dropout`` semantics (inverted scaling, ``deterministic`` switch) with a selectable RNG."""
 
@@ -68,15 +84,18 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool, keys: jax.Array | None = None,
-                 seed: jax.Array | None = None) -> jax.Array:
+                 seed: jax.Array | None = None, relu: bool = False) -> jax.Array:
         """``keys``: per-row keys of ``x``'s leading axes (``hash_bits``; ignored by ``threefry``);
-        ``seed``: a uint32 seed instead of a draw from the ``dropout`` RNG stream."""
+        ``seed``: a uint32 seed instead of a draw from the ``dropout`` RNG stream; ``relu``: dropout
+        of ``relu(x)``, fused (module docstring)."""
         if deterministic or self.rate == 0.0:
-            return x
+            return nn.relu(x) if relu else x
         if self.impl == "threefry":
             rng = None if seed is None else jax.random.PRNGKey(seed)
-            return nn.Dropout(self.rate)(x, deterministic=False, rng=rng)
+            return nn.Dropout(self.rate)(nn.relu(x) if relu else x, deterministic=False, rng=rng)
         if seed is None:
             seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
         keep = hash_keep_mask(seed, x.shape, self.rate, keys)
+        if relu:
+            return masked_relu(x, keep, self.rate)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from gr_jax.config_schema import check_choice
 from gr_jax.models.layers.dropout import Dropout
 from gr_jax.models.layers.structs import LayerConfig
-from gr_jax.ops import NEG_INF, softmax
+from gr_jax.ops import NEG_INF, add_batch_shared, softmax
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -159,7 +159,7 @@ def attend(q, k, v, bias, mask):
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     logits = jnp.einsum("bhqd,bhsd->bhqs", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     if bias is not None:
-        logits = logits + bias
+        logits = add_batch_shared(logits, bias.astype(logits.dtype))
     logits = jnp.where(mask, logits, NEG_INF)
     return jnp.swapaxes(jnp.einsum("bhqs,bhsd->bhqd", softmax(logits), v), 1, 2)
 
@@ -220,8 +220,8 @@ class FeedForward(nn.Module):
     def __call__(self, x, train: bool):
         c = self.config
         h = proj(c.mlp_dim, -1, ("embed", "mlp"), "wi")(x)
-        h = nn.with_logical_constraint(nn.relu(h), ("batch", "seq", "mlp"))
-        h = Dropout(c.dropout, c.dropout_impl)(h, deterministic=not train)
+        h = nn.with_logical_constraint(h, ("batch", "seq", "mlp"))
+        h = Dropout(c.dropout, c.dropout_impl)(h, deterministic=not train, relu=True)
         y = proj(x.shape[-1], -1, ("mlp", "embed"), "wo")(h)
         return Dropout(c.dropout, c.dropout_impl)(y, deterministic=not train)
 
