@@ -89,7 +89,7 @@ def build_pctx(num_items: int = 4344, sids_per_item: float = 1.66, events_per_it
                codebook_size: int = 256, beam_size: int = 20, unroll_decoding: bool = False) -> PctxRecommender:
     """Pctx of ``configs/pctx.py:scientific`` over a random personalized table: every item keeps one SID
     and ``sids_per_item`` on average (Scientific's at the default merge threshold, BENCHMARKS.md), and
-    event ``e`` belongs to item ``e % num_items`` (``random_batch(..., events=True)``)."""
+    event ``e`` belongs to item ``e % num_items`` (``random_batch(..., events_per_item=...)``)."""
     model_cfg = pctx_config.get_config("scientific").model
     model_cfg.beam_size = beam_size
     rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ the same bits wherever it sits in the array.
 
 ``relu=True`` applies ReLU first, with the two masks as one predicate: XLA then keeps that boolean
 array for the backward pass. ReLU followed by dropout instead lets XLA re-derive the hash mask
-inside the transposing backward fusion of every feed-forward layer, which on CPU costs more than
-the ReLU-dropout itself (BENCHMARKS.md, accelerators).
+inside the transposing backward fusion of every feed-forward layer: nearly a fifth of TIGER's
+training step on CPU (BENCHMARKS.md, accelerators; ``bench/step_kernels.py``).
 """
 
 from __future__ import annotations
