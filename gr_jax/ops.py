@@ -21,7 +21,7 @@ def add_batch_shared(x: jax.Array, shared: jax.Array) -> jax.Array:
     """``x + shared`` for ``shared`` of shape ``(1,) + x.shape[1:]`` (e.g. T5's relative-position bias).
 
     The gradient of ``shared`` sums the batch of cotangents as a dot with a ones vector (float32
-    accumulation): XLA:CPU reduces a leading axis of attention logits ~40x slower than it runs that
+    accumulation): XLA:CPU reduces a leading axis of attention logits ~70x slower than it runs that
     dot (``bench/cpu_kernels.py``: ``batch_sum``; the whole step: ``bench/step_kernels.py``).
     """
     if shared.shape != (1,) + x.shape[1:] or shared.dtype != x.dtype:
