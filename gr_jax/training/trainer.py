@@ -158,12 +158,12 @@ def abstract_state(model: TrainableRecommender, optimizer, config, mesh, example
     """The train state's shapes, dtypes and shardings, nothing allocated (ahead-of-time compilation);
     returns (abstract state, state_shardings)."""
     # An abstract key: nothing concrete may be made under a mesh of devices this host lacks (AOT).
-    create, rng = _state_creator(model, optimizer), jax.ShapeDtypeStruct((2,), jnp.uint32)
-    boxed = jax.eval_shape(create, rng, example)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    boxed = jax.eval_shape(_state_creator(model, optimizer), rng, example)
     shardings = sharding.state_shardings(boxed, mesh, sharding.logical_rules(config))
-    # Unboxed while traced: unboxing applies each parameter's sharding constraint, which a concrete
-    # mesh refuses on shapes alone.
-    shapes = jax.eval_shape(lambda r, b: nn.meta.unbox(create(r, b)), rng, example)
+    # The boxes' values, not nn.meta.unbox: that applies sharding constraints, which refuse bare shapes.
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    shapes = jax.tree.map(lambda x: x.value if is_box(x) else x, boxed, is_leaf=is_box)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                         shardings), shardings
 
